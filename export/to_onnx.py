@@ -1,0 +1,104 @@
+"""Export a trained VGG checkpoint to a validated, fully-convolutional ONNX model in a Triton repository.
+
+    python export/to_onnx.py vgg16.pt                       # -> model_repository/vgg16/1/model.onnx
+    python export/to_onnx.py ckpt.pth --arch vgg19_bn --name vgg19bn --labels my_labels.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+from export.checkpoint import CheckpointError, load_vgg
+from export.onnx_graph import Normalization, write_onnx
+from export.triton_model import ServingOptions, StagedModel, default_labels, model_config
+from export.validate import compare_with_pytorch
+
+
+class ExportError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="to_onnx.py", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="state dict (.pt/.pth), wrapped or DataParallel")
+    parser.add_argument("--arch", help="A, A-LRN, B, C, D, E or vgg11/13/16/19, optionally _bn; inferred if omitted")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow a pickled nn.Module (unpickling runs code from the file)")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--name", help="Triton model name (default: the checkpoint's file name)")
+    parser.add_argument("--version", type=int, help="model version (default: the next free one)")
+    parser.add_argument("--labels", type=Path, help="class names, one a line (default: ImageNet-1k for 1000 classes)")
+    parser.add_argument("--normalize", choices=["torchvision", "mean-rgb"], default="torchvision",
+                        help="torchvision mean/std, or the paper's mean-RGB subtraction (Caffe-converted weights)")
+    parser.add_argument("--bgr", action="store_true", help="the weights expect BGR channel order (Caffe)")
+    parser.add_argument("--fp16", action="store_true", help="store weights in float16 (GPU deployments)")
+    parser.add_argument("--max-batch-size", type=int, default=ServingOptions.max_batch_size)
+    parser.add_argument("--instances", type=int, default=ServingOptions.instances)
+    parser.add_argument("--threads", type=int, default=ServingOptions.intra_op_threads,
+                        help="onnxruntime intra-op threads per instance (0: all cores)")
+    return parser.parse_args(argv)
+
+
+def default_name(checkpoint: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", checkpoint.name.split(".")[0]) or "vgg"
+
+
+def read_labels(path: Path | None, num_classes: int) -> list[str]:
+    if path is None:
+        return default_labels(num_classes)
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: cannot read labels ({exc.__class__.__name__})") from None
+    if len(labels) != num_classes:
+        raise ExportError(f"{path}: {len(labels)} labels for a model with {num_classes} classes")
+    return labels
+
+
+def export(args: argparse.Namespace) -> Path:
+    started = time.perf_counter()
+    vgg = load_vgg(args.checkpoint, args.arch, args.trust_pickle)
+    config = vgg.config
+    print(f"loaded {config.name}: width {config.width:g}, {config.num_classes} classes, hidden {config.hidden}, "
+          f"training size {config.training_size}, {sum(p.numel() for p in vgg.parameters()) / 1e6:.1f} M parameters")
+    labels = read_labels(args.labels, config.num_classes)
+    normalization = Normalization.preset(args.normalize, bgr=args.bgr)
+    name = args.name or default_name(args.checkpoint)
+    serving = ServingOptions(max_batch_size=args.max_batch_size, instances=args.instances,
+                             intra_op_threads=args.threads)
+    try:
+        with StagedModel(args.repository, name, args.version) as staged:
+            write_onnx(staged.onnx_path, vgg, normalization, metadata={"source": args.checkpoint.name},
+                       fp16=args.fp16)
+            comparisons = compare_with_pytorch(staged.onnx_path, vgg, normalization, fp16=args.fp16)
+            for comparison in comparisons:
+                print(f"  {comparison}")
+            if not all(c.ok for c in comparisons):
+                raise ExportError("exported graph does not match the PyTorch model; nothing was written")
+            size_mb = staged.onnx_path.stat().st_size / 1e6
+            version_dir = staged.commit(model_config(name, config, normalization, serving, has_labels=True), labels)
+    except (OSError, ValueError) as exc:
+        raise ExportError(str(exc)) from None
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"wrote {version_dir / 'model.onnx'} ({size_mb:.1f} MB) in "
+          f"{time.perf_counter() - started:.1f} s, peak memory {peak_mb:.0f} MB")
+    return version_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        export(args)
+    except (CheckpointError, ExportError) as exc:
+        print(f"to_onnx.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

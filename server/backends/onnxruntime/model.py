@@ -1,0 +1,94 @@
+"""A Python-based Triton backend named `onnxruntime`, for Triton builds that lack the native C++ one.
+
+Models configured `platform: "onnxruntime_onnx"` load unchanged through it, so one model repository means the same
+thing here and in NVIDIA's tritonserver container. It honours what it can of the native backend's configuration:
+instance groups (Triton starts one of these per instance), dynamic batching (requests of equal shape that Triton
+hands over together run as one batch), `intra_op_thread_count` and `inter_op_thread_count`, `default_model_filename`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        filename = config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", "0"))
+        options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "0"))
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.batching = int(config.get("max_batch_size", 0)) > 0
+        self.min_input_size = int(_parameter(config, "vgg.min_input_size", "0"))
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # equal input shapes run as one batch
+        inputs: list[dict[str, np.ndarray]] = []
+        for index, request in enumerate(requests):
+            feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            inputs.append(feeds)
+            problem = self._check(feeds)
+            if problem:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
+                continue
+            key = tuple((name, feeds[name].shape[1:] if self.batching else feeds[name].shape)
+                        for name in self.input_names)
+            groups[key].append(index)
+        for indices in groups.values():
+            self._run_group(requests, inputs, indices, responses)
+        return responses
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> str | None:
+        """Say clearly what the net cannot take, rather than letting a conv fail with a shape error."""
+        if not self.min_input_size:
+            return None
+        for name, array in feeds.items():
+            if array.ndim == 4 and min(array.shape[2:]) < self.min_input_size:
+                return (f"[image_too_small] {self.name}: input {name} is {array.shape[3]}x{array.shape[2]}; "
+                        f"the net needs at least {self.min_input_size}x{self.min_input_size}")
+        return None
+
+    def _run_group(self, requests: list, inputs: list, indices: list[int], responses: list) -> None:
+        try:
+            if self.batching and len(indices) > 1:
+                feeds = {name: np.concatenate([inputs[i][name] for i in indices]) for name in self.input_names}
+            else:
+                feeds = inputs[indices[0]]
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as exc:  # onnxruntime's own message is the most precise one available
+            error = pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")
+            for i in indices:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return
+        offset = 0
+        for i in indices:
+            size = inputs[i][self.input_names[0]].shape[0] if self.batching and len(indices) > 1 else None
+            wanted = set(requests[i].requested_output_names()) or set(self.output_names)
+            tensors = []
+            for name, value in zip(self.output_names, outputs, strict=True):
+                if name in wanted:
+                    part = value[offset:offset + size] if size is not None else value
+                    tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part)))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            offset += size or 0
+
+    def finalize(self) -> None:
+        self.session = None

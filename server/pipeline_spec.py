@@ -1,0 +1,139 @@
+"""The declarative pipeline spec (a TOML file) and the views each pipeline evaluates.
+
+A pipeline = member models x test scales Q x (dense views with optional flips | multi-crop | both). The same
+`Pipeline` drives the generated Triton configs, the preprocess step and the fusion step, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MODES = ("dense", "multi-crop", "dense+multi-crop")
+
+
+class SpecError(ValueError):
+    """A spec that cannot become a repository; the message names the pipeline and the field."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A member model and, optionally, the checkpoint that builds it when the repository lacks it."""
+
+    name: str
+    checkpoint: str | None = None
+    labels: str | None = None
+    instances: int = 1
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    members: tuple[str, ...]
+    scales: tuple[int, ...]
+    mode: str = "dense"
+    flips: bool = False
+    weights: tuple[float, ...] = ()
+    crop_size: int = 0  # multi-crop window; 0: the members' training size
+    grid: int = 5  # the paper's 5x5 crops per scale
+    preprocess_instances: int = 2
+    description: str = ""
+
+    @property
+    def dense(self) -> bool:
+        return self.mode in ("dense", "dense+multi-crop")
+
+    @property
+    def multi_crop(self) -> bool:
+        return self.mode in ("multi-crop", "dense+multi-crop")
+
+    def member_weights(self) -> list[float]:
+        """Fusion weights normalised to sum to one; equal when not given."""
+        weights = list(self.weights) or [1.0] * len(self.members)
+        return [w / sum(weights) for w in weights]
+
+    def views(self) -> list[View]:
+        """The tensors the preprocess step emits: one per (kind, scale)."""
+        out = []
+        for q in self.scales:
+            if self.dense:
+                out.append(View("dense", q))
+            if self.multi_crop:
+                out.append(View("crops", q))
+        return out
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["weights"] = self.member_weights()
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Pipeline:
+        data = json.loads(text)
+        for key in ("members", "scales", "weights"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class View:
+    kind: str  # "dense": whole image (+ mirror); "crops": the grid of crops (+ mirrors)
+    scale: int
+
+    @property
+    def tensor(self) -> str:
+        return f"{self.kind}_{self.scale}"
+
+
+@dataclass
+class Spec:
+    models: dict[str, ModelSource] = field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML ({exc})") from None
+    spec = Spec(limits=dict(raw.get("limits", {})))
+    for name, entry in raw.get("models", {}).items():
+        spec.models[name] = _build(ModelSource, f"models.{name}", name=name, **entry)
+    for name, entry in raw.get("pipelines", {}).items():
+        where = f"pipelines.{name}"
+        entry = dict(entry)
+        for key in ("members", "scales", "weights"):
+            if key in entry:
+                entry[key] = tuple(entry[key])
+        pipeline = _build(Pipeline, where, name=name, **entry)
+        _check_pipeline(pipeline, where)
+        spec.pipelines[name] = pipeline
+    if not spec.pipelines:
+        raise SpecError(f"{path}: no [pipelines.NAME] tables")
+    return spec
+
+
+def _build(cls: type, where: str, **fields: object) -> object:
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise SpecError(f"{where}: {exc}".replace(f"{cls.__name__}.__init__() ", "")) from None
+
+
+def _check_pipeline(p: Pipeline, where: str) -> None:
+    if not p.members:
+        raise SpecError(f"{where}: members must name at least one model")
+    if not p.scales or any(not isinstance(q, int) or q <= 0 for q in p.scales):
+        raise SpecError(f"{where}: scales must be positive integers, got {list(p.scales)}")
+    if p.mode not in MODES:
+        raise SpecError(f"{where}: mode {p.mode!r} is not one of {', '.join(MODES)}")
+    if p.weights and (len(p.weights) != len(p.members) or any(w <= 0 for w in p.weights)):
+        raise SpecError(f"{where}: weights must be one positive number per member")
+    if p.grid < 1:
+        raise SpecError(f"{where}: grid must be at least 1")

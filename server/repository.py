@@ -1,0 +1,222 @@
+"""Generate the Triton model repository's pipelines from the declarative spec: the one tool that writes them.
+
+    python -m server.repository --spec pipelines.toml --repository model_repository
+
+For each pipeline P it writes the ensemble `P`, its preprocess step `P_preprocess` and its fusion step `P_fuse`;
+member models missing from the repository are exported from the checkpoints the spec names. Files are rewritten
+only when their content changes, so a second run changes nothing; generated models no longer in the spec are
+removed. Nobody edits the generated configs by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from server.imaging import ImageLimits
+from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STEP_SOURCES = Path(__file__).resolve().parent / "triton_models"
+GENERATED_MARK = "generated_by"
+GENERATOR = "server.repository"
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """What the generator needs to know of an exported model, read from its config.pbtxt."""
+
+    name: str
+    num_classes: int
+    min_input_size: int
+    labels: Path | None
+
+
+def read_member(repository: Path, name: str) -> Member:
+    path = repository / name / "config.pbtxt"
+    if not path.exists():
+        raise SpecError(f"model {name!r} is not in {repository} and the spec names no checkpoint to export it from")
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    probs = next((o for o in config.output if o.name == "probs"), None)
+    if probs is None:
+        raise SpecError(f"model {name!r} has no 'probs' output; export it with export/to_onnx.py")
+    min_size = config.parameters["vgg.min_input_size"].string_value if "vgg.min_input_size" in config.parameters \
+        else "0"
+    labels = repository / name / probs.label_filename if probs.label_filename else None
+    return Member(name, int(probs.dims[-1]), int(min_size), labels)
+
+
+def export_missing(spec: Spec, repository: Path) -> None:
+    """Export each member that the repository lacks from its checkpoint (a subprocess: the server never imports
+    torch)."""
+    needed = {m for p in spec.pipelines.values() for m in p.members}
+    for name in sorted(needed):
+        source = spec.models.get(name)
+        if (repository / name / "config.pbtxt").exists() or source is None or source.checkpoint is None:
+            continue
+        command = [sys.executable, str(PROJECT_ROOT / "export" / "to_onnx.py"), str(PROJECT_ROOT / source.checkpoint),
+                   "--repository", str(repository), "--name", name, "--instances", str(source.instances),
+                   "--threads", str(source.threads)]
+        if source.labels:
+            command += ["--labels", str(PROJECT_ROOT / source.labels)]
+        print(f"exporting {name} from {source.checkpoint}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise SpecError(f"exporting {name} from {source.checkpoint} failed (see above)")
+
+
+def resolve(pipeline: Pipeline, members: list[Member]) -> Pipeline:
+    """Check the pipeline against its members and fill in the crop size."""
+    classes = {m.num_classes for m in members}
+    if len(classes) != 1:
+        raise SpecError(f"pipelines.{pipeline.name}: members disagree on the number of classes "
+                        + ", ".join(f"{m.name}={m.num_classes}" for m in members))
+    need = max(m.min_input_size for m in members)
+    if min(pipeline.scales) < need:
+        raise SpecError(f"pipelines.{pipeline.name}: scale {min(pipeline.scales)} is below the members' training "
+                        f"size {need}")
+    crop = pipeline.crop_size or need
+    if pipeline.multi_crop and (crop < need or crop > min(pipeline.scales)):
+        raise SpecError(f"pipelines.{pipeline.name}: crop_size {crop} must be between {need} and the smallest scale")
+    return dataclasses.replace(pipeline, crop_size=crop)
+
+
+def preprocess_config(name: str, pipeline: Pipeline, limits: ImageLimits) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    for view in pipeline.views():
+        side = [-1, -1] if view.kind == "dense" else [pipeline.crop_size, pipeline.crop_size]
+        config.output.add(name=view.tensor, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=pipeline.preprocess_instances)
+    _set_parameters(config, {"pipeline.spec": pipeline.to_json(),
+                             "image.limits": json.dumps(dataclasses.asdict(limits))})
+    return config
+
+
+def fuse_config(name: str, pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    for index in range(len(pipeline.members)):
+        for view in pipeline.views():
+            config.input.add(name=f"m{index}_{view.tensor}", data_type=mc.TYPE_FP32, dims=[-1, num_classes])
+    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    if has_labels:
+        output.label_filename = "labels.txt"
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _set_parameters(config, {"pipeline.spec": pipeline.to_json()})
+    return config
+
+
+def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
+    """image (one encoded image) -> preprocess -> every member on every view -> fuse -> probs [classes]."""
+    config = mc.ModelConfig(name=pipeline.name, platform="ensemble", max_batch_size=0)
+    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    if has_labels:
+        output.label_filename = "labels.txt"
+    steps = config.ensemble_scheduling.step
+    preprocess = steps.add(model_name=f"{pipeline.name}_preprocess", model_version=-1)
+    preprocess.input_map["image"] = "image"
+    posteriors = []
+    for view in pipeline.views():
+        preprocess.output_map[view.tensor] = view.tensor
+    for index, member in enumerate(pipeline.members):
+        for view in pipeline.views():
+            step = steps.add(model_name=member, model_version=-1)
+            step.input_map["image"] = view.tensor
+            step.output_map["probs"] = f"m{index}_{view.tensor}"
+            posteriors.append(f"m{index}_{view.tensor}")
+    fuse = steps.add(model_name=f"{pipeline.name}_fuse", model_version=-1)
+    for name in posteriors:
+        fuse.input_map[name] = name
+    fuse.output_map["probs"] = "probs"
+    _set_parameters(config, {"pipeline.spec": pipeline.to_json()})
+    return config
+
+
+def _set_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
+    config.parameters[GENERATED_MARK].string_value = GENERATOR
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def generate(spec: Spec, repository: Path) -> list[str]:
+    """Write every pipeline's three models; returns the paths that changed."""
+    try:
+        limits = ImageLimits(**spec.limits)
+    except TypeError as exc:
+        raise SpecError(f"limits: {exc}".replace("ImageLimits.__init__() ", "")) from None
+    export_missing(spec, repository)
+    files: dict[Path, bytes] = {}
+    for pipeline in spec.pipelines.values():
+        members = [read_member(repository, m) for m in pipeline.members]
+        pipeline = resolve(pipeline, members)
+        labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
+        classes = members[0].num_classes
+        models = {
+            f"{pipeline.name}_preprocess": (preprocess_config(f"{pipeline.name}_preprocess", pipeline, limits),
+                                            STEP_SOURCES / "preprocess.py"),
+            f"{pipeline.name}_fuse": (fuse_config(f"{pipeline.name}_fuse", pipeline, classes, labels is not None),
+                                      STEP_SOURCES / "fuse.py"),
+            pipeline.name: (ensemble_config(pipeline, classes, labels is not None), None),
+        }
+        for name, (config, source) in models.items():
+            files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
+            files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None
+            if labels is not None and not name.endswith("_preprocess"):
+                files[repository / name / "labels.txt"] = labels.read_bytes()
+    changed = [str(path) for path, content in files.items() if _write_if_changed(path, content)]
+    generated = {path.parent.name for path in files if path.name == "config.pbtxt"}
+    for stale in _generated_models(repository) - generated:
+        shutil.rmtree(repository / stale)
+        changed.append(f"{repository / stale} (removed)")
+    return changed
+
+
+def _write_if_changed(path: Path, content: bytes | None) -> bool:
+    if content is None:  # a version directory with no file in it (ensembles)
+        if path.parent.is_dir():
+            return False
+        path.parent.mkdir(parents=True)
+        return True
+    if path.exists() and path.read_bytes() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(content)
+    temporary.replace(path)
+    return True
+
+
+def _generated_models(repository: Path) -> set[str]:
+    names = set()
+    for config in repository.glob("*/config.pbtxt"):
+        if f'key: "{GENERATED_MARK}"' in config.read_text():
+            names.add(config.parent.name)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=PROJECT_ROOT / "pipelines.toml")
+    parser.add_argument("--repository", type=Path, default=PROJECT_ROOT / "model_repository")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        changed = generate(spec, args.repository)
+    except SpecError as exc:
+        print(f"repository: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(spec.pipelines)} pipelines in {args.repository}: "
+          + (f"{len(changed)} files written" if changed else "already up to date"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Start real Triton Inference Server on a model repository, CPU-only, from the nvidia-pytriton wheel's binary.
+
+    python -m server.triton_launcher --repository model_repository [--http-port 8000 --grpc-port 8001 ...]
+
+The wheel ships `tritonserver` 2.51 with the Python backend but not the C++ onnxruntime backend; the launcher
+assembles a backend folder holding the Python backend and the project's Python-based `onnxruntime` backend, sets the
+library and module paths the binary and its Python stubs need, binds loopback by default, waits until every model is
+ready, forwards SIGINT/SIGTERM and shuts Triton down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+
+
+class LaunchError(RuntimeError):
+    """Triton could not be started or did not become ready; the message says why."""
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise LaunchError("the nvidia-pytriton package is not installed (it ships the tritonserver binary); "
+                          "run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def assemble_backends(target: Path) -> Path:
+    """backends/python (the wheel's Python backend + the stub for this interpreter) and backends/onnxruntime."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {
+        "python/libtriton_python.so": root / "backends/python/libtriton_python.so",
+        "python/triton_python_backend_utils.py": root / "backends/python/triton_python_backend_utils.py",
+        "python/triton_python_backend_stub": root / f"python_backend_stubs/{version}/triton_python_backend_stub",
+        "onnxruntime/model.py": ONNXRUNTIME_BACKEND,
+    }
+    for relative, source in sources.items():
+        if not source.exists():
+            raise LaunchError(f"missing {source} (needed for {relative}); reinstall nvidia-pytriton")
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if not destination.exists() or destination.read_bytes() != source.read_bytes():
+            shutil.copy2(source, destination)
+    return target
+
+
+def triton_environment() -> dict[str, str]:
+    """The binary's bundled libraries, libpython for the stubs, and this venv's packages for model code."""
+    root = pytriton_root()
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")) if p)
+    # The stub's embedded interpreter ignores PYTHONPATH but finds "python3" on PATH; this venv's python3 first
+    # makes it start inside the venv (pyvenv.cfg), with the venv's numpy < 2 and the project's editable install.
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env.setdefault("OMP_NUM_THREADS", "1")  # thread counts come from the model configs, not from OpenMP's default
+    return env
+
+
+class TritonServer:
+    """One tritonserver process; a context manager that is ready on entry and stopped on exit."""
+
+    def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                 address: str = "127.0.0.1", log_path: Path | None = None, ready_timeout: float = 180.0) -> None:
+        self.repository = Path(repository).resolve()
+        self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.address}:{self.metrics_port}"
+
+    def command(self, backend_dir: Path) -> list[str]:
+        binary = pytriton_root() / "bin" / "tritonserver"
+        if not binary.exists():
+            raise LaunchError(f"tritonserver binary not found at {binary}; reinstall nvidia-pytriton")
+        return [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            f"--http-address={self.address}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+            # preprocessed views of a large image are a few MB: grow the stub's shared memory in big steps
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--backend-config=python,shm-growth-byte-size=16777216",
+        ]
+
+    def start(self) -> TritonServer:
+        if not self.repository.is_dir():
+            raise LaunchError(f"model repository {self.repository} does not exist; run `make repository`")
+        backend_dir = assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(),
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LaunchError(f"tritonserver exited with status {self.process.returncode} before it was ready:\n"
+                                  + self.log_tail())
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        self.kill()
+        raise LaunchError(f"tritonserver was not ready within {self.ready_timeout:.0f} s:\n" + self.log_tail())
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM lets Triton finish in-flight requests and unload models; SIGKILL if it hangs."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_log()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the stubs are in its process group too
+            self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--address", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log", type=Path, help="Triton's log file (default: a temporary file)")
+    args = parser.parse_args(argv)
+    server = TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        server.start()
+    except LaunchError as exc:
+        print(f"triton_launcher: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url} "
+          f"(log: {server.log_path})", flush=True)
+    while not stopping and server.process.poll() is None:
+        time.sleep(0.5)
+    if server.process.poll() is not None and not stopping:
+        print(f"triton_launcher: tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Triton Python model: the pipeline's first step. Encoded image -> the rescaled views every member evaluates.
+
+One request holds one image (images differ in size, and the paper's isotropic rescale rules out padding them into
+one tensor); its views at each scale Q go out as one tensor per (kind, Q): `dense_Q` [1|2, 3, H, W] (the image and
+its mirror) and `crops_Q` [grid² (x2), 3, c, c].
+"""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from server.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
+from server.pipeline_spec import Pipeline
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        self.pipeline = Pipeline.from_json(parameters["pipeline.spec"]["string_value"])
+        self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+
+    def execute(self, requests: list) -> list:
+        return [self._one(request) for request in requests]
+
+    def _one(self, request: object) -> object:
+        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+        if data.size != 1:
+            return _error(f"[invalid_image] expected one encoded image per request, got {data.size}")
+        try:
+            image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
+        except ImageRejected as exc:
+            return _error(str(exc))
+        pipeline = self.pipeline
+        tensors = []
+        for q in pipeline.scales:
+            chw = rescale(image, q)
+            if pipeline.dense:
+                tensors.append(pb_utils.Tensor(f"dense_{q}", dense_views(chw, pipeline.flips)))
+            if pipeline.multi_crop:
+                crops = grid_crops(chw, pipeline.crop_size, pipeline.grid, pipeline.flips)
+                tensors.append(pb_utils.Tensor(f"crops_{q}", crops))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+def _error(message: str) -> object:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO")
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes multi-picture (MPO) phone photos
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 Image.MAX_IMAGE_PIXELS = None  # the pixel limit below replaces PIL's warning-only check
 Image.init()  # register every plugin now: Image.open(formats=...) only knows the preloaded five otherwise
@@ -39,7 +39,7 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> Image.Image:
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected(f"[invalid_image] not a supported image ({', '.join(FORMATS[:-1])})") from None
+        raise ImageRejected(f"[invalid_image] not a supported image ({', '.join(FORMATS)})") from None
     except (OSError, ValueError) as exc:
         raise ImageRejected(f"[invalid_image] unreadable image header: {exc}") from None
     width, height = image.size

@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 from server.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 from server.pipeline_spec import Pipeline
 
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
@@ -31,6 +32,8 @@ class TritonPythonModel:
             image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
         except ImageRejected as exc:
             return _error(str(exc))
+        except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
+            return _error(f"[invalid_image] undecodable image ({type(exc).__name__}: {exc})")
         pipeline = self.pipeline
         tensors = []
         for q in pipeline.scales:

@@ -29,10 +29,17 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> object:
         raise CheckpointError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
+    with path.open("rb") as file:
+        head = file.read(4)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (incomplete zip archive)")
+    elif not head.startswith(b"\x80"):  # nor the legacy pickle format
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        if not trust_pickle and "weights_only" in str(exc):
+        if not trust_pickle and "GLOBAL" in str(exc):
             raise CheckpointError(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module), which run code when loaded; "
                 "re-save it with torch.save(model.state_dict(), ...) or pass --trust-pickle if you trust its source"

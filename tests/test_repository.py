@@ -1,0 +1,84 @@
+"""The spec-driven repository generator: idempotent, declarative, and strict about what it is given."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TESTS
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from server.pipeline_spec import SpecError, load_spec
+from server.repository import generate
+from server.repository import main as repository_main
+
+
+@pytest.fixture()
+def repository(triton_repository: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's test repository, free to be modified."""
+    copy = tmp_path / "repository"
+    shutil.copytree(triton_repository, copy)
+    return copy
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def test_second_run_changes_nothing(repository):
+    spec = load_spec(TESTS / "pipelines.toml")
+    before = {p: p.stat().st_mtime_ns for p in repository.rglob("*") if p.is_file()}
+    assert generate(spec, repository) == []
+    assert {p: p.stat().st_mtime_ns for p in repository.rglob("*") if p.is_file()} == before
+
+
+def test_ensemble_wiring_follows_the_spec(repository):
+    config = text_format.Parse((repository / "fusion" / "config.pbtxt").read_text(), mc.ModelConfig())
+    steps = [s.model_name for s in config.ensemble_scheduling.step]
+    assert steps[0] == "fusion_preprocess" and steps[-1] == "fusion_fuse"
+    assert sorted(steps[1:-1]) == sorted(["vgg_a", "vgg_d", "vgg_e"] * 3)  # 3 members x 3 scales
+    assert config.max_batch_size == 0 and config.input[0].data_type == mc.TYPE_STRING
+    assert config.output[0].label_filename == "labels.txt"
+    assert (repository / "fusion" / "labels.txt").read_text().startswith("digit_0\n")
+
+
+def test_removed_pipeline_is_cleaned_up_and_members_stay(repository, tmp_path):
+    path = spec_file(tmp_path, '[pipelines.only]\nmembers = ["vgg_a"]\nscales = [64]\n')
+    changed = generate(load_spec(path), repository)
+    assert any("fusion (removed)" in c for c in changed)
+    names = sorted(p.name for p in repository.iterdir())
+    assert names == ["only", "only_fuse", "only_preprocess", "vgg_a", "vgg_d", "vgg_e"]
+
+
+BAD_SPECS = {
+    "unknown member": ('[pipelines.p]\nmembers = ["vgg_z"]\nscales = [64]\n', "model 'vgg_z' is not in"),
+    "scale too small": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [32, 64]\n',
+                        "scale 32 is below the members' training size 64"),
+    "bad mode": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nmode = "sparse"\n', "mode 'sparse' is not one of"),
+    "weights": ('[pipelines.p]\nmembers = ["vgg_a", "vgg_d"]\nweights = [1]\nscales = [64]\n',
+                "weights must be one positive number per member"),
+    "unknown field": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nflip = true\n',
+                      "unexpected keyword argument 'flip'"),
+    "crop": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nmode = "multi-crop"\ncrop_size = 96\n',
+             "crop_size 96 must be between 64 and the smallest scale"),
+    "toml": ("[pipelines.p\n", "invalid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_bad_specs_fail_clearly_and_write_nothing(repository, tmp_path, case, capsys):
+    text, message = BAD_SPECS[case]
+    before = sorted(str(p) for p in repository.rglob("*"))
+    assert repository_main(["--spec", str(spec_file(tmp_path, text)), "--repository", str(repository)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("repository: error: ") and message in error and len(error.strip().splitlines()) == 1
+    assert sorted(str(p) for p in repository.rglob("*")) == before
+
+
+def test_spec_errors_name_the_pipeline(tmp_path):
+    with pytest.raises(SpecError, match=r"pipelines\.mine: scales must be positive integers"):
+        load_spec(spec_file(tmp_path, '[pipelines.mine]\nmembers = ["a"]\nscales = [0]\n'))

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 
-.PHONY: install test lint serve models repository bench clean
+.PHONY: install test lint serve repository bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,17 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest
+
+# Exports the demo models that the repository lacks and (re)generates the pipelines from pipelines.toml.
+repository: install
+	$(PY) -m server.repository --spec pipelines.toml --repository $(REPOSITORY)
+
+# Triton on 127.0.0.1:8000 (HTTP) / 8001 (gRPC) / 8002 (metrics), the gateway on 127.0.0.1:8080.
+serve: repository
+	$(PY) -m server.serve --repository $(REPOSITORY)
+
+bench: install
+	$(PY) -m bench.pipeline_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -136,7 +137,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LaunchError(f"tritonserver exited with status {self.process.returncode} before it was ready:\n"
-                                  + self.log_tail())
+                                  + (self.load_failures() or self.log_tail()))
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -146,6 +147,14 @@ class TritonServer:
             time.sleep(0.25)
         self.kill()
         raise LaunchError(f"tritonserver was not ready within {self.ready_timeout:.0f} s:\n" + self.log_tail())
+
+    def load_failures(self) -> str:
+        """Triton's one-line reasons for each model that failed to load, without its tables and tracebacks."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        found = re.findall(r"\"(failed to load '[^']+' version \d+: .*?)(?:\\n|\"$)",
+                           self.log_path.read_text(errors="replace"), flags=re.MULTILINE)
+        return "\n".join(dict.fromkeys(found))
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():

@@ -130,6 +130,17 @@ def test_triton_model_directory_and_versions(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".net-")], "staging directory left behind"
 
 
+def test_fp16_weights(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "net.pt", "D", seed=4, batch_norm=True)
+    assert export_main([str(checkpoint), "--repository", str(tmp_path / "repo"), "--fp16"]) == 0
+    model = onnx.load(str(tmp_path / "repo" / "net" / "1" / "model.onnx"))
+    weights = {t.name: t.data_type for t in model.graph.initializer}
+    assert weights["fc6.weight"] == onnx.TensorProto.FLOAT16 and weights["conv1_1.weight"] == onnx.TensorProto.FLOAT16
+    image = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32)
+    probs = session(tmp_path / "repo" / "net" / "1" / "model.onnx").run(["probs"], {"image": image})[0]
+    assert probs.dtype == np.float32 and abs(probs.sum() - 1) < 1e-3
+
+
 def test_torchvision_layout_and_wrappers_load(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "plain.pt", "E", seed=2, batch_norm=True)
     state = torch.load(checkpoint)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import re
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from export.checkpoint import CheckpointError, load_vgg
 from export.onnx_graph import Normalization, write_onnx
+from export.quantize import QuantizationError, check_bf16, find_images, quantize_int8
 from export.triton_model import ServingOptions, StagedModel, default_labels, model_config
 from export.validate import compare_with_pytorch
+from export.vgg import VGGConfig
 
 
 class ExportError(Exception):
@@ -27,6 +30,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="to_onnx.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="state dict (.pt/.pth), wrapped or DataParallel")
     parser.add_argument("--arch", help="A, A-LRN, B, C, D, E or vgg11/13/16/19, optionally _bn; inferred if omitted")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="also write <name>_int8: static QDQ int8, calibrated on --calibration images")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also write <name>_bf16: the same graph run by OpenVINO at bf16 precision")
+    parser.add_argument("--calibration", type=Path,
+                        help="folder of images: int8 calibration, and the held-out check of int8 and bf16")
+    parser.add_argument("--min-top1-agreement", type=float, default=0.99,
+                        help="refuse an int8/bf16 model whose top-1 agrees with FP32 less often (default 0.99)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled nn.Module (unpickling runs code from the file)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -41,7 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", type=int, default=ServingOptions.instances)
     parser.add_argument("--threads", type=int, default=ServingOptions.intra_op_threads,
                         help="onnxruntime intra-op threads per instance (0: all cores)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.quantize or args.bf16) and args.calibration is None:
+        parser.error("--quantize int8 and --bf16 need --calibration DIR")
+    return args
 
 
 def default_name(checkpoint: Path) -> str:
@@ -62,6 +76,11 @@ def read_labels(path: Path | None, num_classes: int) -> list[str]:
 
 def export(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
+    if args.calibration:
+        try:
+            find_images(args.calibration)  # a bad calibration folder fails before any work is done
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from None
     vgg = load_vgg(args.checkpoint, args.arch, args.trust_pickle)
     config = vgg.config
     print(f"loaded {config.name}: width {config.width:g}, {config.num_classes} classes, hidden {config.hidden}, "
@@ -87,6 +106,38 @@ def export(args: argparse.Namespace) -> Path:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"wrote {version_dir / 'model.onnx'} ({size_mb:.1f} MB) in "
           f"{time.perf_counter() - started:.1f} s, peak memory {peak_mb:.0f} MB")
+    if args.quantize:
+        write_variant("int8", args, name, config, normalization, serving, labels, version_dir / "model.onnx")
+    if args.bf16:
+        write_variant("bf16", args, name, config, normalization, serving, labels, version_dir / "model.onnx")
+    return version_dir
+
+
+def write_variant(precision: str, args: argparse.Namespace, name: str, config: VGGConfig,
+                  normalization: Normalization, serving: ServingOptions, labels: list[str], fp32_path: Path) -> Path:
+    """`<name>_int8` or `<name>_bf16` next to the FP32 model, only if it agrees with FP32 often enough."""
+    variant = f"{name}_{precision}"
+    try:
+        with StagedModel(args.repository, variant, args.version) as staged:
+            if precision == "int8":
+                result = quantize_int8(fp32_path, staged.onnx_path, args.calibration, config.training_size)
+            else:
+                shutil.copyfile(fp32_path, staged.onnx_path)
+                result = check_bf16(staged.onnx_path, args.calibration, config.training_size)
+            print(f"  {result}")
+            if result.top1_agreement < args.min_top1_agreement:
+                raise ExportError(f"{precision} top-1 agreement {result.top1_agreement:.2%} is below "
+                                  f"--min-top1-agreement {args.min_top1_agreement:.2%}; {variant} was not written")
+            triton_config = model_config(variant, config, normalization, serving, has_labels=True)
+            triton_config.parameters["vgg.precision"].string_value = precision
+            if precision == "bf16":
+                accelerator = triton_config.optimization.execution_accelerators.cpu_execution_accelerator.add()
+                accelerator.name = "openvino"
+                accelerator.parameters["precision"] = "bf16"
+            version_dir = staged.commit(triton_config, labels)
+    except (OSError, ValueError, QuantizationError) as exc:
+        raise ExportError(str(exc)) from None
+    print(f"wrote {version_dir / 'model.onnx'} ({(version_dir / 'model.onnx').stat().st_size / 1e6:.1f} MB)")
     return version_dir
 
 

@@ -3,7 +3,8 @@
 Models configured `platform: "onnxruntime_onnx"` load unchanged through it, so one model repository means the same
 thing here and in NVIDIA's tritonserver container. It honours what it can of the native backend's configuration:
 instance groups (Triton starts one of these per instance), dynamic batching (requests of equal shape that Triton
-hands over together run as one batch), `intra_op_thread_count` and `inter_op_thread_count`, `default_model_filename`.
+hands over together run as one batch), `intra_op_thread_count` and `inter_op_thread_count`, `default_model_filename`,
+and the `openvino` CPU execution accelerator (run with the openvino package; see server/runtimes.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 from collections import defaultdict
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from server.runtimes import Accelerator, RuntimeConfigError, open_runner
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
@@ -27,13 +29,13 @@ class TritonPythonModel:
         self.name = config["name"]
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", "0"))
-        options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "0"))
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        try:
+            self.runner = open_runner(path, Accelerator.from_model_config(config),
+                                      int(_parameter(config, "intra_op_thread_count", "0")),
+                                      int(_parameter(config, "inter_op_thread_count", "0")))
+        except RuntimeConfigError as exc:
+            raise RuntimeError(f"{self.name}: {exc}") from None
+        self.input_names, self.output_names = self.runner.input_names, self.runner.output_names
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.min_input_size = int(_parameter(config, "vgg.min_input_size", "0"))
 
@@ -72,9 +74,9 @@ class TritonPythonModel:
                 feeds = {name: np.concatenate([inputs[i][name] for i in indices]) for name in self.input_names}
             else:
                 feeds = inputs[indices[0]]
-            outputs = self.session.run(self.output_names, feeds)
-        except Exception as exc:  # onnxruntime's own message is the most precise one available
-            error = pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")
+            outputs = self.runner.run(self.output_names, feeds)
+        except Exception as exc:  # the runtime's own message is the most precise one available
+            error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
             for i in indices:
                 responses[i] = pb_utils.InferenceResponse(error=error)
             return
@@ -91,4 +93,4 @@ class TritonPythonModel:
             offset += size or 0
 
     def finalize(self) -> None:
-        self.session = None
+        self.runner = None

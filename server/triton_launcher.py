@@ -11,6 +11,8 @@ ready, forwards SIGINT/SIGTERM and shuts Triton down cleanly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib.util
 import os
 import re
@@ -75,6 +77,12 @@ def triton_environment() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL Triton if the process that started it dies without stopping it (no orphaned servers)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class TritonServer:
     """One tritonserver process; a context manager that is ready on entry and stopped on exit."""
 
@@ -127,7 +135,8 @@ class TritonServer:
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(),
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         self._wait_ready()
         return self
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 
@@ -15,29 +17,26 @@ def model_stats(client: httpclient.InferenceServerClient, name: str) -> tuple[in
 
 def test_dynamic_batching_merges_same_shape_requests(triton):
     """Concurrent requests of one shape reach the backend together and run as one onnxruntime batch."""
-    client = httpclient.InferenceServerClient(triton.http_url)
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
-    before = model_stats(client, "vgg_a")
+    stats_client = httpclient.InferenceServerClient(triton.http_url)
+    before = model_stats(stats_client, "vgg_a")
     barrier = threading.Barrier(16)
-    results: list[np.ndarray] = []
 
-    def one() -> None:
-        tensor = httpclient.InferInput("image", list(image.shape), "FP32")
+    def one(_: int) -> np.ndarray:
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
         tensor.set_data_from_numpy(image)
         barrier.wait()
-        results.append(httpclient.InferenceServerClient(triton.http_url).infer("vgg_a", [tensor]).as_numpy("probs"))
+        return client.infer("vgg_a", [tensor]).as_numpy("probs")
 
-    threads = [threading.Thread(target=one) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    inferences, executions = (after - prior for after, prior in zip(model_stats(client, "vgg_a"), before, strict=True))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(16)))
+    inferences, executions = (after - prior for after, prior in
+                              zip(model_stats(stats_client, "vgg_a"), before, strict=True))
     assert inferences == 16
     assert executions < 16, "no two requests were batched"
-    expected = results[0]
     for result in results:
-        np.testing.assert_allclose(result, expected, atol=1e-6)
+        np.testing.assert_allclose(result, results[0], atol=1e-6)
 
 
 def test_both_outputs_and_only_the_requested_one(triton):

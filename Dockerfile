@@ -1,0 +1,48 @@
+# vgg-serve in one container: NVIDIA's Triton Inference Server (native onnxruntime backend, GPUs) serving the
+# generated model repository, and the FastAPI gateway in front of it.
+#
+#   make repository                     # generates model_repository/, copied into the image as it is
+#   docker build -t vgg-serve .
+#   docker run --gpus all --shm-size=1g -p 8080:8080 -e VGG_GATEWAY_API_KEYS=change-me vgg-serve
+#
+# --shm-size: Triton's Python backend (each pipeline's preprocess and fuse steps) passes tensors to its stub
+# processes through /dev/shm. Docker's default of 64 MB is too small for the multi-scale views of large images
+# under concurrency; 1 GB is ample for the shipped pipelines.
+# Only the gateway is published. Triton listens on loopback inside the container (HTTP 8000, gRPC 8001, metrics 8002).
+# The gateway binds 0.0.0.0 here, so it refuses to start without API keys (VGG_GATEWAY_API_KEYS or
+# VGG_GATEWAY_API_KEYS_FILE) unless VGG_GATEWAY_ALLOW_OPEN=1 is set on purpose.
+#
+# Triton 2.54 (Ubuntu 24.04, Python 3.12): the project's pins (fastapi 0.165 needs Python >= 3.11) install there.
+FROM nvcr.io/nvidia/tritonserver:25.01-py3
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    VGG_GATEWAY_HOST=0.0.0.0 \
+    VGG_GATEWAY_PORT=8080 \
+    VGG_GATEWAY_TRITON_URLS=127.0.0.1:8001
+
+# Same pins as requirements.txt. numpy < 2: the Python backend stub is built against numpy 1.x.
+RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 python-multipart==0.0.34 \
+        prometheus_client==0.26.0 "tritonclient[grpc]==2.73.0" httpx==0.28.1 setuptools==84.2.1
+
+WORKDIR /opt/vgg-serve
+COPY pyproject.toml ./
+COPY server/ server/
+COPY client/ client/
+# Installed (not only copied) so the Python backend's stub processes import `server` whatever their sys.path.
+RUN pip install --no-deps --no-build-isolation . \
+    && groupadd --system --gid 10001 vgg \
+    && useradd --system --uid 10001 --gid vgg --home-dir /opt/vgg-serve --shell /usr/sbin/nologin vgg
+COPY --chown=10001:10001 model_repository/ /models/
+
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
+
+# Triton in the background, the gateway in the foreground; either one exiting stops the container (and the
+# orchestrator restarts it); SIGTERM is forwarded to both for a clean shutdown.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+CMD ["/bin/bash", "-c", "tritonserver --model-repository=/models --http-address=127.0.0.1 --grpc-address=127.0.0.1 --metrics-address=127.0.0.1 --strict-readiness=true & triton=$!; python3 -m server.gateway & gateway=$!; trap 'kill -TERM $gateway $triton 2>/dev/null' TERM INT; wait -n; kill -TERM $gateway $triton 2>/dev/null; wait"]

@@ -1,0 +1,249 @@
+"""Direct-to-Triton mode: the same Classification results without the gateway, over Triton's gRPC API.
+
+For bulk scoring on the machine (or network) that runs Triton: one hop less. Needs ``tritonclient[grpc]``
+(``pip install './client[triton]'``). It reads pipelines from Triton exactly as the gateway does: ensembles carrying
+a ``pipeline.spec`` parameter, member versions from the repository index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from client.errors import CONNECTION_ERROR, ClientError
+from client.results import Classification, PipelineInfo, Prediction
+
+SPEC_PARAMETER = "pipeline.spec"
+_IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
+_IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
+SCHEMES = ("grpc://", "triton://")
+
+
+def strip_scheme(url: str) -> str:
+    for scheme in SCHEMES:
+        if url.startswith(scheme):
+            return url[len(scheme):].rstrip("/")
+    return url
+
+
+def _import_grpc(aio: bool) -> Any:
+    try:
+        if aio:
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.grpc as module
+    except ImportError as exc:
+        raise ImportError("direct-to-Triton mode needs tritonclient: pip install './client[triton]'") from exc
+    return module
+
+
+def map_error(exc: Exception) -> ClientError:
+    """A Triton error as the gateway would have reported it."""
+    message = exc.message() if hasattr(exc, "message") else str(exc)
+    status = exc.status() if hasattr(exc, "status") else ""
+    message = message or ""
+    found = _IMAGE_CODE.search(message)
+    if found:
+        return ClientError(_IMAGE_ERRORS[found.group(1)], found.group(1), found.group(2).strip())
+    if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
+        return ClientError(0, CONNECTION_ERROR, message or "Triton unreachable")
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return ClientError(504, "triton_timeout", "Triton did not answer in time")
+    if "unknown model" in message.lower() or status == "StatusCode.NOT_FOUND":
+        return ClientError(404, "unknown_pipeline", message)
+    if status == "StatusCode.INVALID_ARGUMENT":
+        return ClientError(422, "invalid_image", message.strip().splitlines()[0] if message.strip() else "")
+    return ClientError(502, "triton_error", message)
+
+
+def parse_classes(raw: np.ndarray) -> tuple[Prediction, ...]:
+    out = []
+    for item in raw.reshape(-1):
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        score, index, label = [*text.split(":", 2), "", ""][:3]
+        out.append(Prediction(label=label, index=int(index), score=float(score)))
+    return tuple(out)
+
+
+def parse_pipelines(index: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, PipelineInfo]:
+    ready: dict[str, list[str]] = {}
+    for model in index.get("models", []):
+        if model.get("state") == "READY":
+            ready.setdefault(model["name"], []).append(str(model.get("version", "")))
+    found: dict[str, PipelineInfo] = {}
+    for response in configs:
+        config = response.get("config", response)
+        raw = config.get("parameters", {}).get(SPEC_PARAMETER, {}).get("string_value")
+        if not raw or config.get("platform") != "ensemble":
+            continue
+        spec = json.loads(raw)
+        dims = [int(d) for out in config.get("output", []) if out.get("name") == "probs" for d in out.get("dims", [])]
+        members = tuple(spec.get("members", []))
+        versions = {m: max(ready[m], key=lambda v: int(v) if v.isdigit() else -1) for m in members if ready.get(m)}
+        found[config["name"]] = PipelineInfo(
+            name=config["name"], members=members, scales=tuple(spec.get("scales", [])),
+            mode=spec.get("mode", "dense"), flips=bool(spec.get("flips", False)),
+            num_classes=dims[-1] if dims else 0, versions=versions,
+            weights=tuple(spec["weights"]) if spec.get("weights") else None,
+            description=spec.get("description", ""))
+    default = "fast" if "fast" in found else (min(found) if found else None)
+    return {name: _with_default(info, name == default) for name, info in found.items()}
+
+
+def _with_default(info: PipelineInfo, default: bool) -> PipelineInfo:
+    return replace(info, default=default)
+
+
+def default_pipeline(pipelines: dict[str, PipelineInfo]) -> str:
+    for info in pipelines.values():
+        if info.default:
+            return info.name
+    raise ClientError(503, "no_pipelines", "Triton serves no pipeline")
+
+
+def request_parts(module: Any, data: bytes, top_k: int) -> tuple[Any, Any]:
+    tensor = module.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return tensor, module.InferRequestedOutput("probs", class_count=top_k)
+
+
+class DirectTransport:
+    """Synchronous gRPC to Triton; one channel per thread (the sync tritonclient is not shared across threads)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = strip_scheme(url)
+        self.timeout = timeout
+        self._module = _import_grpc(aio=False)
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._pipelines: dict[str, PipelineInfo] | None = None
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._module.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def pipelines(self) -> dict[str, PipelineInfo]:
+        if self._pipelines is None:
+            client = self._client()
+            try:
+                index = client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+                names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+                configs = [client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
+            except self._module.InferenceServerException as exc:
+                raise map_error(exc) from None
+            self._pipelines = parse_pipelines(index, configs)
+        return self._pipelines
+
+    def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
+        started = time.perf_counter()
+        pipelines = self.pipelines()
+        name = pipeline or default_pipeline(pipelines)
+        info = pipelines.get(name)
+        if info is None:
+            raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
+        if not data:
+            raise ClientError(422, "invalid_image", "the image is empty")
+        k = min(top_k, info.num_classes) if info.num_classes else top_k
+        tensor, output = request_parts(self._module, data, k)
+        # No gRPC deadline: Triton 2.51's Python backend can crash when a running request is cancelled, so on
+        # timeout we stop waiting and let the call finish on its own (see docs/client.md).
+        finished = threading.Event()
+        outcome: list[Any] = []
+
+        def done(result: Any, error: Any) -> None:
+            outcome.append((result, error))
+            finished.set()
+
+        self._client().async_infer(name, [tensor], done, outputs=[output])
+        if not finished.wait(self.timeout):
+            raise ClientError(504, "triton_timeout", "Triton did not answer in time")
+        result, error = outcome[0]
+        if error is not None:
+            raise map_error(error)
+        return Classification(parse_classes(result.as_numpy("probs")), name, dict(info.versions),
+                              round((time.perf_counter() - started) * 1000, 3))
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+
+class AsyncDirectTransport:
+    """The async twin over ``tritonclient.grpc.aio`` (one channel; grpc.aio multiplexes)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = strip_scheme(url)
+        self.timeout = timeout
+        self._module = _import_grpc(aio=True)
+        self._error = _import_grpc(aio=False).InferenceServerException
+        self._running: set[asyncio.Future[Any]] = set()
+        self._client: Any = None
+        self._pipelines: dict[str, PipelineInfo] | None = None
+
+    def client(self) -> Any:
+        if self._client is None:  # created lazily: grpc.aio channels bind to the running loop
+            self._client = self._module.InferenceServerClient(self.url)
+        return self._client
+
+    async def pipelines(self) -> dict[str, PipelineInfo]:
+        if self._pipelines is None:
+            client = self.client()
+            try:
+                index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+                names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+                configs = [await client.get_model_config(n, as_json=True, client_timeout=self.timeout)
+                           for n in names]
+            except self._error as exc:
+                raise map_error(exc) from None
+            self._pipelines = parse_pipelines(index, configs)
+        return self._pipelines
+
+    async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
+        started = time.perf_counter()
+        pipelines = await self.pipelines()
+        name = pipeline or default_pipeline(pipelines)
+        info = pipelines.get(name)
+        if info is None:
+            raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
+        if not data:
+            raise ClientError(422, "invalid_image", "the image is empty")
+        k = min(top_k, info.num_classes) if info.num_classes else top_k
+        tensor, output = request_parts(self._module, data, k)
+        call = asyncio.ensure_future(self.client().infer(name, [tensor], outputs=[output]))
+        self._running.add(call)
+        call.add_done_callback(self._finished)
+        try:  # shielded, never cancelled in Triton (see DirectTransport.classify)
+            result = await asyncio.wait_for(asyncio.shield(call), self.timeout)
+        except TimeoutError:
+            raise ClientError(504, "triton_timeout", "Triton did not answer in time") from None
+        except self._error as exc:
+            raise map_error(exc) from None
+        return Classification(parse_classes(result.as_numpy("probs")), name, dict(info.versions),
+                              round((time.perf_counter() - started) * 1000, 3))
+
+    def _finished(self, call: asyncio.Future[Any]) -> None:
+        self._running.discard(call)
+        if not call.cancelled():
+            call.exception()
+
+    async def close(self) -> None:
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=10)
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

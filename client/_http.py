@@ -1,0 +1,73 @@
+"""Requests to and responses from the gateway, shared by the sync and async clients (no I/O here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from client.errors import CONNECTION_ERROR, ClientError, from_response
+from client.results import Classification, PipelineInfo
+
+# Errors after which the request may not have been processed (or its answer was lost): safe to resend,
+# since classifying is a pure function of the image.
+TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
+                    httpx.RemoteProtocolError, httpx.PoolTimeout)
+
+
+def classify_request(data: bytes, content_type: str, top_k: int, pipeline: str | None) -> dict[str, Any]:
+    """Keyword arguments for ``httpx.Client.post``: the raw image as the body, no multipart overhead."""
+    params: dict[str, Any] = {"top_k": top_k}
+    if pipeline:
+        params["pipeline"] = pipeline
+    return {"url": "/v1/classify", "params": params, "content": data, "headers": {"content-type": content_type}}
+
+
+def batch_request(images: list[tuple[bytes, str, str | None]], top_k: int, pipeline: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"top_k": top_k}
+    if pipeline:
+        params["pipeline"] = pipeline
+    files = [("file", (name or f"image{i}", data, kind)) for i, (data, kind, name) in enumerate(images)]
+    return {"url": "/v1/classify/batch", "params": params, "files": files}
+
+
+def check(response: httpx.Response) -> Any:
+    """The JSON body of a successful response; a ClientError built from the gateway's error body otherwise."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code >= 400:
+        raise from_response(response.status_code, body, dict(response.headers))
+    return body
+
+
+def parse_classification(body: dict[str, Any]) -> Classification:
+    return Classification.from_json(body)
+
+
+def parse_batch(body: dict[str, Any]) -> list[Classification | ClientError]:
+    out: list[Classification | ClientError] = []
+    for item in body["results"]:
+        if item.get("result") is not None:
+            out.append(Classification.from_json(item["result"]))
+        else:
+            error = item.get("error") or {}
+            out.append(ClientError(int(item.get("status", 0)), error.get("code", "error"), error.get("message", "")))
+    return out
+
+
+def parse_pipelines(body: dict[str, Any]) -> list[PipelineInfo]:
+    return [PipelineInfo.from_json(item) for item in body["pipelines"]]
+
+
+def transport_error(exc: Exception) -> ClientError:
+    return ClientError(0, CONNECTION_ERROR, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def timeout_error(exc: Exception) -> ClientError:
+    return ClientError(0, "timeout", f"no answer in time ({type(exc).__name__})")
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}

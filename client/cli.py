@@ -1,0 +1,117 @@
+"""``python -m client``: score a folder into CSV/JSONL (resumable), classify one image, list pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from client.errors import ClientError
+from client.inputs import iter_paths
+from client.output import ResultFile
+from client.progress import Progress
+from client.sync_client import DEFAULT_URL, Client
+
+EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client", description="vgg-serve client")
+    parser.add_argument("--url", default=os.environ.get("VGG_URL", DEFAULT_URL),
+                        help="gateway URL, or grpc://HOST:PORT for direct-to-Triton mode (env VGG_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("VGG_API_KEY"), help="bearer token (env VGG_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="classify many images into a CSV or JSONL file (resumable)")
+    score.add_argument("inputs", nargs="+", help="directories, globs, .txt lists of paths, or image paths")
+    score.add_argument("-o", "--output", required=True, help="result file, .csv or .jsonl")
+    score.add_argument("--pipeline", help="pipeline name (default: the server's default)")
+    score.add_argument("--top-k", type=int, default=5)
+    score.add_argument("--concurrency", type=int, default=8)
+    score.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    score.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="force the progress bar (default: only on a terminal)")
+    score.add_argument("--no-progress", dest="progress", action="store_false")
+
+    classify = commands.add_parser("classify", help="classify one image and print JSON")
+    classify.add_argument("image")
+    classify.add_argument("--pipeline")
+    classify.add_argument("--top-k", type=int, default=5)
+
+    commands.add_parser("pipelines", help="list the served pipelines as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = Client(args.url, api_key=args.api_key, timeout=args.timeout)
+    except ImportError as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with client:
+        try:
+            if args.command == "score":
+                return score(client, args)
+            if args.command == "classify":
+                result = client.classify(args.image, top_k=args.top_k, pipeline=args.pipeline)
+                print(json.dumps(asdict(result), indent=2))
+            else:
+                print(json.dumps([asdict(p) for p in client.pipelines()], indent=2))
+        except (ClientError, OSError) as exc:
+            print(f"client: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return EXIT_OK
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def score(client: Client, args: argparse.Namespace) -> int:
+    """Run a resumable scoring job; every finished file is on disk before the next one is reported."""
+    if args.concurrency < 1 or args.top_k < 1:
+        print("client: --concurrency and --top-k must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    output = ResultFile(args.output)
+    if args.overwrite and output.path.exists():
+        output.path.unlink()
+    done = output.resume()
+    todo = [path for path in iter_paths(args.inputs) if path not in done]
+    enabled = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress(len(todo), enabled)
+    outcomes: Counter[str] = Counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for result in client.score(todo, concurrency=args.concurrency, top_k=args.top_k, pipeline=args.pipeline):
+            output.append(result)
+            outcomes["ok" if result.ok else result.error.code] += 1
+            progress.update(result.ok)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+        output.close()
+    if not interrupted:
+        output.finalize()
+    elapsed = time.monotonic() - started
+    scored = sum(outcomes.values())
+    errors = scored - outcomes["ok"]
+    detail = ", ".join(f"{code}: {n}" for code, n in sorted(outcomes.items()) if code != "ok")
+    print(f"{'interrupted' if interrupted else 'done'}: {scored} of {len(todo)} files in {elapsed:.1f} s "
+          f"({scored / max(elapsed, 1e-9):.1f} img/s); ok {outcomes['ok']}, errors {errors}"
+          f"{f' ({detail})' if detail else ''}; skipped {len(done)} already in {output.path}", file=sys.stderr)
+    if interrupted:
+        print("re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FILE_ERRORS if errors else EXIT_OK

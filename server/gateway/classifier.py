@@ -1,0 +1,118 @@
+"""Classify one image with one pipeline through the Triton pool: the only place that builds inference requests.
+
+Triton's classification extension does the top-k and the label lookup on the server (``class_count``), so only
+k short strings come back instead of the whole probability vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from server.gateway.errors import ApiError, from_triton
+from server.gateway.metrics import GatewayMetrics
+from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
+from server.gateway.schemas import ClassifyResponse, Prediction
+from server.gateway.triton_pool import TritonPool
+
+
+def parse_classes(raw: np.ndarray) -> list[Prediction]:
+    """Decode Triton's "score:index:label" strings (the label itself may contain colons)."""
+    predictions = []
+    for item in raw.reshape(-1):
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        score, index, label = [*text.split(":", 2), "", ""][:3]
+        predictions.append(Prediction(label=label, index=int(index), score=float(score)))
+    return predictions
+
+
+class Classifier:
+    """Resolves pipeline names and runs inferences, translating Triton errors to API errors."""
+
+    def __init__(self, pool: TritonPool, catalog: PipelineCatalog, metrics: GatewayMetrics,
+                 timeout_s: float, max_abandoned: int) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.max_abandoned = max_abandoned
+        self.abandoned: set[asyncio.Future[grpcclient.InferResult]] = set()
+
+    async def resolve(self, name: str | None) -> Pipeline:
+        """The named pipeline (or the default); 404 if Triton doesn't serve it, 503 if Triton can't be asked."""
+        if name is None:
+            await self.catalog.current()
+            name = self.catalog.default
+            if name is None:
+                raise ApiError(503, "no_pipelines", "Triton serves no pipeline yet", {"Retry-After": "1"})
+        pipeline = await self.catalog.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self.catalog.pipelines)) or "none"
+            raise ApiError(404, "unknown_pipeline", f"unknown pipeline {name[:100]!r}; available: {known}")
+        return pipeline
+
+    async def classify(self, pipeline: Pipeline, image: bytes, top_k: int) -> ClassifyResponse:
+        """Top-k for one image; 504 after the timeout, without ever cancelling the call on the Triton side.
+
+        Triton 2.51's Python backend can crash (SIGSEGV in TRITONBACKEND_ResponseSend) when a request it is
+        executing is cancelled, which is what a gRPC deadline or a dropped stream does. So inference calls carry no
+        deadline: the gateway stops waiting, answers 504, and lets the call finish in the background. Such
+        abandoned calls are capped; past the cap the gateway answers 503 instead of piling more work on Triton.
+        """
+        if len(self.abandoned) >= self.max_abandoned:
+            raise ApiError(503, "triton_saturated", "the inference server is not keeping up; retry later",
+                           {"Retry-After": "1"})
+        started = time.perf_counter()
+        k = min(top_k, pipeline.num_classes) if pipeline.num_classes else top_k
+        tensor = grpcclient.InferInput(INPUT_NAME, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([image], dtype=np.object_))
+        output = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=k)
+
+        async def infer(client: grpcclient.InferenceServerClient) -> grpcclient.InferResult:
+            return await client.infer(pipeline.name, [tensor], outputs=[output])
+
+        call = asyncio.ensure_future(self.pool.call(infer))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
+        except TimeoutError:
+            self._abandon(call)
+            self.metrics.triton_errors.labels("", "timeout").inc()
+            self.metrics.images.labels(pipeline.name, "triton_timeout").inc()
+            raise ApiError(504, "triton_timeout", "the inference server did not answer in time") from None
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
+        except InferenceServerException as exc:
+            error = from_triton(exc)
+            self.metrics.images.labels(pipeline.name, error.code).inc()
+            raise error from None
+        except ApiError as error:
+            self.metrics.images.labels(pipeline.name, error.code).inc()
+            raise
+        elapsed = time.perf_counter() - started
+        self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
+        self.metrics.images.labels(pipeline.name, "ok").inc()
+        return ClassifyResponse(predictions=parse_classes(result.as_numpy(OUTPUT_NAME)), pipeline=pipeline.name,
+                                models=dict(pipeline.versions), timing_ms=round(elapsed * 1000, 3))
+
+    def _abandon(self, call: asyncio.Future[grpcclient.InferResult]) -> None:
+        if call.done():
+            if not call.cancelled():
+                call.exception()  # retrieved: no "exception never retrieved" warning
+            return
+        self.abandoned.add(call)
+        call.add_done_callback(self._forget)
+
+    def _forget(self, call: asyncio.Future[grpcclient.InferResult]) -> None:
+        self.abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let abandoned calls finish before the channels close (closing would cancel them in Triton)."""
+        if self.abandoned:
+            await asyncio.wait(list(self.abandoned), timeout=timeout_s)

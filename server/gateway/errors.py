@@ -1,0 +1,99 @@
+"""One error shape for every failure, {"error": {"code", "message"}}, and the mapping from Triton's errors to HTTP.
+
+Clients branch on ``code``; ``message`` is for humans. Nothing here ever puts a traceback in a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from tritonclient.utils import InferenceServerException
+
+log = logging.getLogger("server.gateway")
+
+# Codes the preprocess step puts in brackets at the start of its message (the Triton side's contract).
+_IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
+_IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded"}
+# gRPC statuses meaning "this endpoint did not handle the request": safe to retry elsewhere (inference is pure).
+RETRYABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
+
+
+class ApiError(Exception):
+    """An expected failure with its HTTP status, stable code and human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class TritonUnavailable(ApiError):
+    """No Triton endpoint answered."""
+
+    def __init__(self, message: str = "no Triton server is reachable", retry_after: int = 1) -> None:
+        super().__init__(503, "triton_unavailable", message, {"Retry-After": str(retry_after)})
+
+
+def from_triton(exc: InferenceServerException) -> ApiError:
+    """Translate a Triton error: the image's own faults to 4xx, timeouts to 504, the rest to 502."""
+    message = exc.message() or str(exc)
+    status = exc.status() or ""
+    found = _IMAGE_CODE.search(message)
+    if found:
+        code = found.group(1)
+        return ApiError(_IMAGE_ERRORS[code], code, found.group(2).strip() or code.replace("_", " "))
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return ApiError(504, "triton_timeout", "the inference server did not answer in time")
+    if status in RETRYABLE_STATUSES:
+        return TritonUnavailable()
+    if status == "StatusCode.INVALID_ARGUMENT":
+        return ApiError(422, "invalid_image", _first_line(message))
+    log.warning("Triton error %s: %s", status, message)
+    return ApiError(502, "triton_error", "the inference server failed to process the request")
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0][:500] if message.strip() else "rejected by the inference server"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Route every exception, including framework ones, into the single error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return ApiError(exc.status_code, code, message, dict(exc.headers or {})).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(part) for part in err.get("loc", ()) if part != "body")
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return ApiError(422, "invalid_request", "; ".join(problems) or "invalid request").response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return ApiError(500, "internal_error", "internal server error").response()

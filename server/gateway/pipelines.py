@@ -1,0 +1,149 @@
+"""What pipelines Triton serves, read from Triton itself: the ensembles carrying a ``pipeline.spec`` parameter.
+
+The gateway keeps no copy of the pipeline definitions; it caches what Triton reports and refreshes it, so a
+repository change on the Triton side shows up here without a redeploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from server.gateway.errors import from_triton
+from server.gateway.triton_pool import TritonPool
+
+log = logging.getLogger("server.gateway")
+SPEC_PARAMETER = "pipeline.spec"
+OUTPUT_NAME = "probs"
+INPUT_NAME = "image"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One servable pipeline as Triton describes it."""
+
+    name: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...] | None
+    scales: tuple[int, ...]
+    mode: str
+    flips: bool
+    num_classes: int
+    description: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> Pipeline | None:
+    """A Pipeline from a model config (JSON form), or None when the model is not a pipeline.
+
+    The pipeline's helper models (preprocess, fuse) carry the same spec; only the ensemble is the public entry.
+    """
+    raw = config.get("parameters", {}).get(SPEC_PARAMETER, {}).get("string_value")
+    if not raw or config.get("platform") != "ensemble":
+        return None
+    spec = json.loads(raw)
+    outputs = {out["name"]: out for out in config.get("output", [])}
+    dims = [int(d) for d in outputs.get(OUTPUT_NAME, {}).get("dims", [])]
+    members = tuple(str(m) for m in spec.get("members", []))
+    weights = spec.get("weights")
+    versions = {m: _latest(ready_versions.get(m, [])) for m in members}
+    return Pipeline(
+        name=config["name"], members=members,
+        weights=tuple(float(w) for w in weights) if weights else None,
+        scales=tuple(int(s) for s in spec.get("scales", [])), mode=str(spec.get("mode", "dense")),
+        flips=bool(spec.get("flips", False)), num_classes=dims[-1] if dims else 0,
+        description=str(spec.get("description", "")),
+        versions={m: v for m, v in versions.items() if v}, spec=spec)
+
+
+def _latest(versions: list[str]) -> str:
+    numeric = sorted((v for v in versions if v.isdigit()), key=int)
+    return numeric[-1] if numeric else (versions[-1] if versions else "")
+
+
+class PipelineCatalog:
+    """Cached pipeline metadata; refreshed on a timer and on demand, one reader at a time."""
+
+    def __init__(self, pool: TritonPool, refresh_s: float, timeout_s: float, default: str | None = None) -> None:
+        self.pool = pool
+        self.refresh_s = refresh_s
+        self.timeout_s = timeout_s
+        self.configured_default = default
+        self.pipelines: dict[str, Pipeline] = {}
+        self.loaded_at = 0.0
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+
+    @property
+    def default(self) -> str | None:
+        if self.configured_default:
+            return self.configured_default
+        if "fast" in self.pipelines:
+            return "fast"
+        return min(self.pipelines) if self.pipelines else None
+
+    def stale(self) -> bool:
+        return not self.pipelines or time.monotonic() - self.loaded_at > self.refresh_s
+
+    async def refresh(self, force: bool = False) -> dict[str, Pipeline]:
+        """Re-read the catalog from Triton unless another caller just did; raises ApiError (503, 504...)."""
+        started = time.monotonic()
+        async with self._lock:
+            if self.loaded_at >= started and self.pipelines:
+                return self.pipelines
+            if not force and not self.stale():
+                return self.pipelines
+            try:
+                self.pipelines = await self.pool.call(self._load)
+            except InferenceServerException as exc:
+                raise from_triton(exc) from None
+            self.loaded_at = time.monotonic()
+            return self.pipelines
+
+    async def current(self) -> dict[str, Pipeline]:
+        """The catalog; loaded now if empty, refreshed in the background if stale so no request waits for it."""
+        if not self.pipelines:
+            return await self.refresh()
+        if self.stale() and (self._background is None or self._background.done()):
+            self._background = asyncio.create_task(self._refresh_quietly())
+        return self.pipelines
+
+    async def get(self, name: str) -> Pipeline | None:
+        """The pipeline called ``name``; an unknown name triggers one refresh in case it was just added."""
+        pipelines = await self.current()
+        if name not in pipelines and time.monotonic() - self.loaded_at > 1.0:
+            pipelines = await self.refresh(force=True)
+        return pipelines.get(name)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # keep serving the cached catalog; the next request tries again
+            log.warning("pipeline catalog refresh failed: %s", exc)
+
+    async def _load(self, client: grpcclient.InferenceServerClient) -> dict[str, Pipeline]:
+        index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        ready: dict[str, list[str]] = {}
+        for model in index.get("models", []):
+            if model.get("state") == "READY":
+                ready.setdefault(model["name"], []).append(str(model.get("version", "")))
+        configs = await asyncio.gather(*(
+            client.get_model_config(name, as_json=True, client_timeout=self.timeout_s) for name in sorted(ready)))
+        found: dict[str, Pipeline] = {}
+        for response in configs:
+            try:
+                pipeline = parse_pipeline(response.get("config", {}), ready)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring model with an unreadable %s: %s", SPEC_PARAMETER, exc)
+                continue
+            if pipeline:
+                found[pipeline.name] = pipeline
+        return found

@@ -36,6 +36,12 @@ RUN pip install --no-deps --no-build-isolation . \
     && groupadd --system --gid 10001 vgg \
     && useradd --system --uid 10001 --gid vgg --home-dir /opt/vgg-serve --shell /usr/sbin/nologin vgg
 COPY --chown=10001:10001 model_repository/ /models/
+COPY pipelines.toml ./
+# The same pipelines, with the member models moved to GPU instances: TensorRT FP16 with an engine cache, optimisation
+# profiles covering every shape the pipelines send, and warm-up requests so the first client does not pay for the
+# engine build (python -m server.repository --target gpu; the preprocess and fusion steps stay on the CPU).
+RUN python3 -m server.repository --spec pipelines.toml --repository /models --target gpu \
+    && chown -R 10001:10001 /models
 
 USER 10001:10001
 EXPOSE 8080

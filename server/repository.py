@@ -146,17 +146,95 @@ def _set_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
         config.parameters[key].string_value = value
 
 
-def generate(spec: Spec, repository: Path) -> list[str]:
-    """Write every pipeline's three models; returns the paths that changed."""
+@dataclasses.dataclass
+class MemberUsage:
+    """The tensor shapes the pipelines send a member: what a GPU engine's profiles and warm-up must cover."""
+
+    min_side: int
+    dense: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # (batch, Q)
+    crops: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # (batch, crop size)
+
+    def add(self, pipeline: Pipeline) -> None:
+        mirrors = 2 if pipeline.flips else 1
+        for view in pipeline.views():
+            if view.kind == "dense":
+                self.dense.add((mirrors, view.scale))
+            else:
+                self.crops.add((pipeline.grid ** 2 * mirrors, pipeline.crop_size))
+
+
+GPU_MAX_ASPECT = 2  # TensorRT profiles cover long sides up to 2 Q (4:3, 3:2, 16:9 photos); memory grows with it
+
+
+def deploy_member(config: mc.ModelConfig, target: str, usage: MemberUsage) -> mc.ModelConfig | None:
+    """The member's config for the deployment target, or None when it needs no change.
+
+    cpu: as the exporter wrote it. gpu (NVIDIA's container, native onnxruntime backend): a GPU instance, TensorRT
+    FP16 with an engine cache, optimisation profiles covering every shape the pipelines send (dense views up to
+    GPU_MAX_ASPECT; crop batches), and warm-up requests of those shapes so no client pays for an engine build.
+    """
+    deployed = config.parameters["deployment.target"].string_value if "deployment.target" in config.parameters \
+        else "cpu"
+    if config.platform != "onnxruntime_onnx" or (target == "cpu" and deployed == "cpu"):
+        return None
+    if config.optimization.execution_accelerators.cpu_execution_accelerator:
+        return None  # a CPU-accelerated variant (OpenVINO bf16) stays on the CPU
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    del out.optimization.execution_accelerators.gpu_execution_accelerator[:]
+    del out.model_warmup[:]
+    for group in out.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    if target == "cpu":
+        del out.parameters["deployment.target"]
+        if not out.optimization.execution_accelerators.ListFields():
+            out.optimization.ClearField("execution_accelerators")
+        if not out.optimization.ListFields():
+            out.ClearField("optimization")
+        return out
+    out.parameters["deployment.target"].string_value = "gpu"
+    m = usage.min_side
+    profiles = []
+    if usage.dense:
+        batch, top = max(b for b, _ in usage.dense), max(q for _, q in usage.dense)
+        middle = sorted(q for _, q in usage.dense)[len(usage.dense) // 2]
+        profiles.append((f"1x3x{m}x{m}", f"{batch}x3x{middle}x{middle * 4 // 3}",
+                         f"{batch}x3x{top * GPU_MAX_ASPECT}x{top * GPU_MAX_ASPECT}"))
+    for batch, crop in sorted(usage.crops):
+        profiles.append((f"1x3x{crop}x{crop}", f"{batch}x3x{crop}x{crop}", f"{batch}x3x{crop}x{crop}"))
+    tensorrt = out.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    tensorrt.parameters.update({
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(4 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"/tmp/trt_cache/{config.name}",
+        "trt_profile_min_shapes": ",".join(f"image:{p[0]}" for p in profiles),
+        "trt_profile_opt_shapes": ",".join(f"image:{p[1]}" for p in profiles),
+        "trt_profile_max_shapes": ",".join(f"image:{p[2]}" for p in profiles),
+    })
+    shapes = sorted({(b, q, q * 4 // 3) for b, q in usage.dense} | {(b, c, c) for b, c in usage.crops})
+    for batch, height, width in shapes:
+        warmup = out.model_warmup.add(name=f"warmup_{batch}x{height}x{width}", batch_size=batch)
+        warmup.inputs["image"].data_type = mc.TYPE_FP32
+        warmup.inputs["image"].dims.extend([3, height, width])
+        warmup.inputs["image"].random_data = True
+    return out
+
+
+def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
+    """Write every pipeline's three models (and members' deployment settings); returns the paths that changed."""
     try:
         limits = ImageLimits(**spec.limits)
     except TypeError as exc:
         raise SpecError(f"limits: {exc}".replace("ImageLimits.__init__() ", "")) from None
     export_missing(spec, repository)
     files: dict[Path, bytes] = {}
+    usage: dict[str, MemberUsage] = {}
     for pipeline in spec.pipelines.values():
         members = [read_member(repository, m) for m in pipeline.members]
         pipeline = resolve(pipeline, members)
+        for member in members:
+            usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
         labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
         classes = members[0].num_classes
         models = {
@@ -171,6 +249,11 @@ def generate(spec: Spec, repository: Path) -> list[str]:
             files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None
             if labels is not None and not name.endswith("_preprocess"):
                 files[repository / name / "labels.txt"] = labels.read_bytes()
+    for name, used in usage.items():
+        path = repository / name / "config.pbtxt"
+        deployed = deploy_member(text_format.Parse(path.read_text(), mc.ModelConfig()), target, used)
+        if deployed is not None:
+            files[path] = text_format.MessageToString(deployed).encode()
     changed = [str(path) for path, content in files.items() if _write_if_changed(path, content)]
     generated = {path.parent.name for path in files if path.name == "config.pbtxt"}
     for stale in _generated_models(repository) - generated:
@@ -206,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=PROJECT_ROOT / "pipelines.toml")
     parser.add_argument("--repository", type=Path, default=PROJECT_ROOT / "model_repository")
+    parser.add_argument("--target", choices=["cpu", "gpu"], default="cpu",
+                        help="gpu: member models on GPU instances with TensorRT FP16, profiles and warm-up "
+                             "(NVIDIA's tritonserver container)")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        changed = generate(spec, args.repository)
+        changed = generate(spec, args.repository, args.target)
     except SpecError as exc:
         print(f"repository: error: {exc}", file=sys.stderr)
         return 1

@@ -82,3 +82,28 @@ def test_bad_specs_fail_clearly_and_write_nothing(repository, tmp_path, case, ca
 def test_spec_errors_name_the_pipeline(tmp_path):
     with pytest.raises(SpecError, match=r"pipelines\.mine: scales must be positive integers"):
         load_spec(spec_file(tmp_path, '[pipelines.mine]\nmembers = ["a"]\nscales = [0]\n'))
+
+
+def test_gpu_target_covers_every_shape_the_pipelines_send_and_reverts(repository):
+    spec = load_spec(TESTS / "pipelines.toml")
+    cpu_config = (repository / "vgg_d" / "config.pbtxt").read_text()
+    generate(spec, repository, target="gpu")
+    config = text_format.Parse((repository / "vgg_d" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    (tensorrt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert tensorrt.name == "tensorrt" and tensorrt.parameters["precision_mode"] == "FP16"
+    assert tensorrt.parameters["trt_engine_cache_enable"] == "1"
+    profiles = [[tuple(int(d) for d in shape.split(":")[1].split("x")) for shape in
+                 tensorrt.parameters[f"trt_profile_{kind}_shapes"].split(",")] for kind in ("min", "max")]
+    # vgg_d serves fast (64, no flips), multiscale (64/96/128 with flips) and multicrop (5x5 crops with flips)
+    sent = [(2, 3, 128, 170), (1, 3, 64, 64), (50, 3, 64, 64), (2, 3, 64, 640 // 5)]
+    for shape in sent:
+        assert any(all(lo <= s <= hi for lo, s, hi in zip(low, shape, high, strict=True))
+                   for low, high in zip(*profiles, strict=True)), shape
+    warmups = {(w.batch_size, *w.inputs["image"].dims) for w in config.model_warmup}
+    assert {(2, 3, 128, 170), (50, 3, 64, 64), (1, 3, 64, 85)} <= warmups
+    preprocess = text_format.Parse((repository / "fast_preprocess" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert preprocess.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert generate(spec, repository, target="gpu") == []
+    generate(spec, repository, target="cpu")
+    assert (repository / "vgg_d" / "config.pbtxt").read_text() == cpu_config

@@ -31,8 +31,10 @@ repository: install
 serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
+# Benchmarks (not tests): pipelines vs bare onnxruntime, and FP32 / bf16 / int8 against the machine's peaks.
 bench: install
 	$(PY) -m bench.pipeline_bench
+	$(PY) -m bench.precision_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

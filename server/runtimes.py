@@ -49,11 +49,14 @@ class Accelerator:
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: str, intra_op_threads: int, inter_op_threads: int) -> None:
+    def __init__(self, path: str, intra_op_threads: int, inter_op_threads: int, lean: bool = False) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.log_severity_level = 3
+        if lean:  # no arena holding freed activations, no pre-packed second copy of the weights
+            options.enable_cpu_mem_arena = False
+            options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -48,14 +48,45 @@ class Accelerator:
         return cls(name, PRECISIONS[precision])
 
 
+# Triton's `optimization { graph { level } }`, as the native onnxruntime backend reads it.
+GRAPH_LEVELS = {0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL, -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, 2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The native backend's session knobs that this backend honours too."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    mem_arena: bool = True  # `enable_mem_arena`: off returns activation memory after each run
+    graph_level: int = 0
+
+    @classmethod
+    def from_model_config(cls, config: dict) -> SessionSettings:
+        parameters = config.get("parameters", {})
+
+        def get(key: str, default: str) -> str:
+            return parameters.get(key, {}).get("string_value", default)
+
+        level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
+        if level not in GRAPH_LEVELS:
+            raise RuntimeConfigError(f"optimization.graph.level {level} is not one of -1, 0, 1, 2")
+        return cls(int(get("intra_op_thread_count", "0")), int(get("inter_op_thread_count", "0")),
+                   get("enable_mem_arena", "1") not in ("0", "false"), level)
+
+
 class OnnxRuntimeRunner:
-    def __init__(self, path: str, intra_op_threads: int, inter_op_threads: int, lean: bool = False) -> None:
+    def __init__(self, path: str, intra_op_threads: int, inter_op_threads: int, lean: bool = False,
+                 settings: SessionSettings | None = None) -> None:
+        settings = settings or SessionSettings(intra_op_threads, inter_op_threads, mem_arena=not lean)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.graph_optimization_level = GRAPH_LEVELS[settings.graph_level]
+        options.enable_cpu_mem_arena = settings.mem_arena
         options.log_severity_level = 3
-        if lean:  # no arena holding freed activations, no pre-packed second copy of the weights
-            options.enable_cpu_mem_arena = False
+        if lean:  # measured alternative: no pre-packed second copy of the weights either
             options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -87,8 +118,8 @@ class OpenVinoRunner:
         return [np.array(by_name[name], copy=True) for name in output_names]
 
 
-def open_runner(path: str, accelerator: Accelerator, intra_op_threads: int = 0,
-                inter_op_threads: int = 0) -> OnnxRuntimeRunner | OpenVinoRunner:
+def open_runner(path: str, accelerator: Accelerator, intra_op_threads: int = 0, inter_op_threads: int = 0,
+                settings: SessionSettings | None = None) -> OnnxRuntimeRunner | OpenVinoRunner:
     if accelerator.name == "openvino":
-        return OpenVinoRunner(path, accelerator.precision, intra_op_threads)
-    return OnnxRuntimeRunner(path, intra_op_threads, inter_op_threads)
+        return OpenVinoRunner(path, accelerator.precision, settings.intra_op_threads if settings else intra_op_threads)
+    return OnnxRuntimeRunner(path, intra_op_threads, inter_op_threads, settings=settings)

@@ -3,8 +3,9 @@
 Models configured `platform: "onnxruntime_onnx"` load unchanged through it, so one model repository means the same
 thing here and in NVIDIA's tritonserver container. It honours what it can of the native backend's configuration:
 instance groups (Triton starts one of these per instance), dynamic batching (requests of equal shape that Triton
-hands over together run as one batch), `intra_op_thread_count` and `inter_op_thread_count`, `default_model_filename`,
-and the `openvino` CPU execution accelerator (run with the openvino package; see server/runtimes.py).
+hands over together run as one batch), `intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`,
+`optimization { graph { level } }`, `default_model_filename`, and the `openvino` CPU execution accelerator (run
+with the openvino package; see server/runtimes.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from server.runtimes import Accelerator, RuntimeConfigError, open_runner
+from server.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
@@ -31,8 +32,7 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         try:
             self.runner = open_runner(path, Accelerator.from_model_config(config),
-                                      int(_parameter(config, "intra_op_thread_count", "0")),
-                                      int(_parameter(config, "inter_op_thread_count", "0")))
+                                      settings=SessionSettings.from_model_config(config))
         except RuntimeConfigError as exc:
             raise RuntimeError(f"{self.name}: {exc}") from None
         self.input_names, self.output_names = self.runner.input_names, self.runner.output_names

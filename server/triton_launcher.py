@@ -198,34 +198,55 @@ class TritonServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | None = None) -> None:
+    """The flags of every command that starts Triton (this launcher, `server.serve`)."""
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--address", default="127.0.0.1", help="bind address (default loopback)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--log", type=Path, help="Triton's log file (default: a temporary file)")
-    args = parser.parse_args(argv)
-    server = TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log)
-    stopping = False
+    parser.add_argument("--log", type=Path, default=default_log, help="Triton's log file")
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+def server_from_args(args: argparse.Namespace) -> TritonServer:
+    return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log)
+
+
+class StopRequest:
+    """Set by SIGINT or SIGTERM, so a foreground command can shut its children down in order."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._set)
+        signal.signal(signal.SIGTERM, self._set)
+
+    def _set(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+
+def start_reporting(server: TritonServer, program: str) -> bool:
+    """Start Triton; on failure print one error and return False."""
     try:
         server.start()
     except LaunchError as exc:
-        print(f"triton_launcher: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return False
     print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url} "
           f"(log: {server.log_path})", flush=True)
-    while not stopping and server.process.poll() is None:
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_server_arguments(parser)
+    args = parser.parse_args(argv)
+    server = server_from_args(args)
+    stop = StopRequest()
+    if not start_reporting(server, "triton_launcher"):
+        return 1
+    while not stop.requested and server.process.poll() is None:
         time.sleep(0.5)
-    if server.process.poll() is not None and not stopping:
+    if not stop.requested:
         print(f"triton_launcher: tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}",
               file=sys.stderr)
         return 1

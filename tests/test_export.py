@@ -210,3 +210,26 @@ def test_inputs_below_training_size_fail_rather_than_give_garbage(tmp_path):
     write_onnx(tmp_path / "net.onnx", vgg, Normalization.preset("torchvision"))
     with pytest.raises(Exception, match=r"(?i)invalid|shape|dimension"):
         session(tmp_path / "net.onnx").run(["probs"], {"image": np.zeros((1, 3, 48, 96), np.float32)})
+
+
+# torchvision's own layouts (torchvision.models.vgg16 / vgg16_bn / vgg11), written out independently of export/vgg.py:
+# the indices of the conv layers in `features`, and the classifier's linear layers.
+TORCHVISION_CONV_INDICES = {
+    ("D", False): [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],
+    ("D", True): [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40],
+    ("A", False): [0, 3, 6, 8, 11, 13, 16, 18],
+    ("E", False): [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34],
+}
+
+
+@pytest.mark.parametrize("layout,batch_norm", list(TORCHVISION_CONV_INDICES))
+def test_parameter_names_are_torchvisions(layout, batch_norm):
+    with torch.device("meta"):
+        state = VGG(VGGConfig(layout, batch_norm)).state_dict()
+    convs = sorted(int(k.split(".")[1]) for k, v in state.items() if k.startswith("features.") and v.ndim == 4)
+    assert convs == TORCHVISION_CONV_INDICES[(layout, batch_norm)]
+    assert state["features.0.weight"].shape == (64, 3, 3, 3)
+    assert [tuple(state[f"classifier.{i}.weight"].shape) for i in (0, 3, 6)] == [(4096, 25088), (4096, 4096),
+                                                                                  (1000, 4096)]
+    if batch_norm:
+        assert {"features.1.running_mean", "features.1.running_var", "features.1.num_batches_tracked"} <= set(state)

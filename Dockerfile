@@ -24,7 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VGG_GATEWAY_TRITON_URLS=127.0.0.1:8001
 
 # Same pins as requirements.txt. numpy < 2: the Python backend stub is built against numpy 1.x.
-RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 python-multipart==0.0.34 \
+RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 uvloop==0.23.0 httptools==0.9.0 \
+        python-multipart==0.0.34 \
         prometheus_client==0.26.0 "tritonclient[grpc]==2.73.0" httpx==0.28.1 setuptools==84.2.1
 
 WORKDIR /opt/vgg-serve

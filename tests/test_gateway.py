@@ -106,6 +106,21 @@ def test_classify_raw_body_and_pipeline_choice(gateway, triton, sample_images):
     np.testing.assert_allclose(scores, np.sort(probs)[::-1], atol=1e-5)
 
 
+def test_raw_body_fast_path_answers_exactly_like_the_multipart_route(gateway, sample_images):
+    """Raw bodies are served by server/gateway/fastpath.py, multipart by the FastAPI route: same answers."""
+    for name, data in sample_images.items():
+        raw = httpx.post(gateway.url + "/v1/classify", params={"pipeline": "multiscale", "top_k": 4}, content=data,
+                         headers={"content-type": content_type(name)}, timeout=TIMEOUT)
+        form = httpx.post(gateway.url + "/v1/classify", params={"pipeline": "multiscale", "top_k": 4},
+                          files={"file": (name, data, content_type(name))}, timeout=TIMEOUT)
+        assert raw.status_code == form.status_code == 200, (raw.text, form.text)
+        assert raw.headers["content-type"] == form.headers["content-type"]
+        raw_body, form_body = raw.json(), form.json()
+        assert raw_body.keys() == form_body.keys()
+        for key in raw_body.keys() - {"timing_ms"}:
+            assert raw_body[key] == form_body[key], key
+
+
 def test_octet_stream_is_accepted_and_top_k_is_clamped_to_the_classes(gateway, sample_images):
     response = httpx.post(gateway.url + "/v1/classify", params={"top_k": 500},
                           content=sample_images["china_500x333.jpg"],

@@ -16,6 +16,7 @@ from server.gateway.auth import bearer_auth
 from server.gateway.classifier import Classifier
 from server.gateway.config import Settings
 from server.gateway.errors import ApiError, TritonUnavailable, install_handlers
+from server.gateway.fastpath import ClassifyFastPath
 from server.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from server.gateway.pipelines import PipelineCatalog
 from server.gateway.schemas import (
@@ -65,7 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.queued.set_function(lambda: admission.waiting)
     metrics.active.set_function(lambda: admission.active)
     metrics.abandoned.set_function(lambda: len(classifier.abandoned))
-    auth = Depends(bearer_auth(settings.api_keys))
+    check_auth = bearer_auth(settings.api_keys)
+    auth = Depends(check_auth)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,7 +87,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings, app.state.pool, app.state.catalog = settings, pool, catalog
     app.state.metrics, app.state.admission = metrics, admission
     install_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     top_k_query = Query(5, ge=1, le=settings.max_top_k, description="Number of classes to return")
     pipeline_query = Query(None, max_length=128, description="Pipeline name (default: the configured default)")
 
@@ -188,6 +189,11 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus exposition: requests and latency by route, pipeline and status; in flight; Triton errors."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Outermost last: metrics see every request, including those the fast path answers without FastAPI's routing.
+    classify_route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/classify")
+    app.add_middleware(ClassifyFastPath, settings=settings, admission=admission, classifier=classifier,
+                       auth=check_auth, route=classify_route)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

@@ -2,15 +2,22 @@
 
 Triton's classification extension does the top-k and the label lookup on the server (``class_count``), so only
 k short strings come back instead of the whole probability vector.
+
+The request is built as the protobuf message itself, from a per-(pipeline, k) template, and the BYTES tensors are
+framed by hand (4-byte little-endian length, then the bytes) instead of going through tritonclient's
+InferInput/InferResult and numpy object arrays: about 0.25 ms less CPU per image on the 2-core dev machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from server.gateway.errors import ApiError, from_triton
@@ -22,12 +29,20 @@ from server.gateway.triton_pool import TritonPool
 
 def parse_classes(raw: np.ndarray) -> list[Prediction]:
     """Decode Triton's "score:index:label" strings (the label itself may contain colons)."""
+    return [Prediction(**item) for item in parse_class_dicts(raw.reshape(-1))]
+
+
+def parse_class_dicts(raw: Iterable[bytes | str]) -> list[dict[str, Any]]:
+    """Like parse_classes, as plain dicts in the order of the Prediction model's fields (the JSON body)."""
     predictions = []
-    for item in raw.reshape(-1):
+    for item in raw:
         text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
         score, index, label = [*text.split(":", 2), "", ""][:3]
-        predictions.append(Prediction(label=label, index=int(index), score=float(score)))
+        predictions.append({"label": label, "index": int(index), "score": float(score)})
     return predictions
+
+
+MAX_TEMPLATES = 1024
 
 
 class Classifier:
@@ -40,7 +55,8 @@ class Classifier:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.max_abandoned = max_abandoned
-        self.abandoned: set[asyncio.Future[grpcclient.InferResult]] = set()
+        self.abandoned: set[asyncio.Future[service_pb2.ModelInferResponse]] = set()
+        self._templates: dict[tuple[str, int], service_pb2.ModelInferRequest] = {}
 
     async def resolve(self, name: str | None) -> Pipeline:
         """The named pipeline (or the default); 404 if Triton doesn't serve it, 503 if Triton can't be asked."""
@@ -56,7 +72,12 @@ class Classifier:
         return pipeline
 
     async def classify(self, pipeline: Pipeline, image: bytes, top_k: int) -> ClassifyResponse:
-        """Top-k for one image; 504 after the timeout, without ever cancelling the call on the Triton side.
+        """Top-k for one image as the response model (see classify_raw)."""
+        return ClassifyResponse(**await self.classify_raw(pipeline, image, top_k))
+
+    async def classify_raw(self, pipeline: Pipeline, image: bytes, top_k: int) -> dict[str, Any]:
+        """Top-k for one image as the plain JSON-ready body of ClassifyResponse; 504 after the timeout, without
+        ever cancelling the call on the Triton side.
 
         Triton 2.51's Python backend can crash (SIGSEGV in TRITONBACKEND_ResponseSend) when a request it is
         executing is cancelled, which is what a gRPC deadline or a dropped stream does. So inference calls carry no
@@ -68,14 +89,10 @@ class Classifier:
                            {"Retry-After": "1"})
         started = time.perf_counter()
         k = min(top_k, pipeline.num_classes) if pipeline.num_classes else top_k
-        tensor = grpcclient.InferInput(INPUT_NAME, [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([image], dtype=np.object_))
-        output = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=k)
-
-        async def infer(client: grpcclient.InferenceServerClient) -> grpcclient.InferResult:
-            return await client.infer(pipeline.name, [tensor], outputs=[output])
-
-        call = asyncio.ensure_future(self.pool.call(infer))
+        request = service_pb2.ModelInferRequest()
+        request.CopyFrom(self._template(pipeline.name, k))
+        request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+        call = asyncio.ensure_future(self.pool.infer(request))
         try:
             result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except TimeoutError:
@@ -96,10 +113,22 @@ class Classifier:
         elapsed = time.perf_counter() - started
         self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
         self.metrics.images.labels(pipeline.name, "ok").inc()
-        return ClassifyResponse(predictions=parse_classes(result.as_numpy(OUTPUT_NAME)), pipeline=pipeline.name,
-                                models=dict(pipeline.versions), timing_ms=round(elapsed * 1000, 3))
+        return {"predictions": parse_class_dicts(output_strings(result, OUTPUT_NAME)), "pipeline": pipeline.name,
+                "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
 
-    def _abandon(self, call: asyncio.Future[grpcclient.InferResult]) -> None:
+    def _template(self, name: str, k: int) -> service_pb2.ModelInferRequest:
+        """The request for this pipeline and k, less the image (copied per call); built once per key."""
+        template = self._templates.get((name, k))
+        if template is None:
+            template = service_pb2.ModelInferRequest(model_name=name)
+            template.inputs.add(name=INPUT_NAME, datatype="BYTES", shape=[1])
+            template.outputs.add(name=OUTPUT_NAME).parameters["classification"].int64_param = k
+            if len(self._templates) >= MAX_TEMPLATES:  # bounded: pipelines x top_k values actually asked for
+                self._templates.clear()
+            self._templates[(name, k)] = template
+        return template
+
+    def _abandon(self, call: asyncio.Future[service_pb2.ModelInferResponse]) -> None:
         if call.done():
             if not call.cancelled():
                 call.exception()  # retrieved: no "exception never retrieved" warning
@@ -107,7 +136,7 @@ class Classifier:
         self.abandoned.add(call)
         call.add_done_callback(self._forget)
 
-    def _forget(self, call: asyncio.Future[grpcclient.InferResult]) -> None:
+    def _forget(self, call: asyncio.Future[service_pb2.ModelInferResponse]) -> None:
         self.abandoned.discard(call)
         if not call.cancelled():
             call.exception()
@@ -116,3 +145,25 @@ class Classifier:
         """Let abandoned calls finish before the channels close (closing would cancel them in Triton)."""
         if self.abandoned:
             await asyncio.wait(list(self.abandoned), timeout=timeout_s)
+
+
+def output_strings(response: service_pb2.ModelInferResponse, name: str) -> list[bytes]:
+    """The elements of a BYTES output: from raw_output_contents (what Triton sends), else from contents."""
+    for position, output in enumerate(response.outputs):
+        if output.name != name:
+            continue
+        if position < len(response.raw_output_contents):
+            return split_bytes_tensor(response.raw_output_contents[position])
+        return list(output.contents.bytes_contents)
+    raise ApiError(502, "triton_error", f"the inference server's response has no {name!r} output")
+
+
+def split_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Triton's serialised BYTES tensor: each element as a 4-byte little-endian length, then its bytes."""
+    items = []
+    position = 0
+    while position + 4 <= len(raw):
+        (size,) = struct.unpack_from("<I", raw, position)
+        items.append(raw[position + 4:position + 4 + size])
+        position += 4 + size
+    return items

@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import grpc
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from server.gateway.errors import RETRYABLE_STATUSES, TritonUnavailable
@@ -42,6 +44,10 @@ class Endpoint:
 
     url: str
     client: grpcclient.InferenceServerClient
+    # Inference goes through the generated stub on a channel of its own, with prebuilt protobuf requests
+    # (see classifier.py); tritonclient's client serves probes and metadata.
+    channel: grpc.aio.Channel | None = field(default=None, repr=False)
+    stub: service_pb2_grpc.GRPCInferenceServiceStub | None = field(default=None, repr=False)
     healthy: bool = True
     inflight: int = 0
     failures: int = 0
@@ -86,8 +92,12 @@ class TritonPool:
 
     async def start(self, health_interval_s: float) -> None:
         """Open one channel per endpoint (inside the serving loop: grpc.aio binds to it) and start probing."""
-        self.endpoints = [Endpoint(url, grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS),
-                                   on_state=self._on_state) for url in self.urls]
+        self.endpoints = []
+        for url in self.urls:
+            channel = grpc.aio.insecure_channel(url, options=CHANNEL_ARGS)
+            self.endpoints.append(Endpoint(url, grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS),
+                                           channel, service_pb2_grpc.GRPCInferenceServiceStub(channel),
+                                           on_state=self._on_state))
         await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_forever(health_interval_s), name="triton-probe")
 
@@ -99,6 +109,9 @@ class TritonPool:
         for endpoint in self.endpoints:
             with contextlib.suppress(Exception):
                 await endpoint.client.close()
+            if endpoint.channel is not None:
+                with contextlib.suppress(Exception):
+                    await endpoint.channel.close()
 
     async def probe(self, endpoint: Endpoint) -> bool:
         try:
@@ -134,10 +147,23 @@ class TritonPool:
 
     async def call(self, fn: Callable[[grpcclient.InferenceServerClient], Awaitable[T]]) -> T:
         """Run ``fn`` on one endpoint; on a connection-level failure, on the next; TritonUnavailable if none can."""
+        return await self._call(lambda endpoint: fn(endpoint.client))
+
+    async def infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        """One ModelInfer call, spread and failed over like ``call``; gRPC errors as InferenceServerException."""
+        async def model_infer(endpoint: Endpoint) -> service_pb2.ModelInferResponse:
+            try:
+                return await endpoint.stub.ModelInfer(request)
+            except grpc.RpcError as exc:  # the same translation as tritonclient's
+                raise InferenceServerException(msg=exc.details(), status=str(exc.code()),
+                                               debug_details=exc.debug_error_string()) from None
+        return await self._call(model_infer)
+
+    async def _call(self, fn: Callable[[Endpoint], Awaitable[T]]) -> T:
         for endpoint in self._order():
             endpoint.inflight += 1
             try:
-                result = await fn(endpoint.client)
+                result = await fn(endpoint)
             except InferenceServerException as exc:
                 if self._on_error:
                     self._on_error(endpoint.url, status_name(exc))

@@ -50,7 +50,8 @@ def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     import os
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, load average {load} at the end"
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:

@@ -13,6 +13,7 @@ import json
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def load(args: argparse.Namespace):
         from export.vgg import FullyConvolutionalVGG
 
         torch.set_num_threads(args.threads)
-        vgg = load_vgg(args.model)
+        vgg = load_vgg(Path(args.model))
         net = vgg if args.runtime == "torch-fc" else FullyConvolutionalVGG(vgg).eval()
         x = Normalization.preset("torchvision").apply(torch.from_numpy(image))
 

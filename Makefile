@@ -38,3 +38,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Rebuilds data/digits and retrains the committed demo models under models/demo/ (about 10 minutes on 2 cores).
+.PHONY: demo-models
+demo-models: install
+	$(PY) -m train.demo_models

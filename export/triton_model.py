@@ -81,6 +81,7 @@ class StagedModel:
         if (self.model_dir / str(self.version)).exists():
             raise FileExistsError(f"{self.model_dir / str(self.version)} already exists; choose another --version")
         self.staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository.resolve().parent))
+        self.staging.chmod(0o755)  # mkdtemp's 0700 would follow the rename and lock out a Triton of another user
         (self.staging / str(self.version)).mkdir()
         self.onnx_path = self.staging / str(self.version) / "model.onnx"
 

@@ -120,8 +120,10 @@ def test_training_writes_a_loadable_checkpoint_and_a_log(trained: Path) -> None:
 
 def test_resume_continues_exactly_where_training_stopped(tiny_data: Path, trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
+    threads = torch.get_num_threads()
     run_fit(tiny_data, out, "--epochs", "1")
     run_fit(tiny_data, out, "--epochs", "2", "--resume")
+    assert torch.get_num_threads() == threads  # --threads 1 applied to the run only
     resumed, straight = torch.load(out, weights_only=True), torch.load(trained, weights_only=True)
     assert resumed["epoch"] == 2
     for key, tensor in straight["state_dict"].items():

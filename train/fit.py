@@ -111,8 +111,16 @@ def checkpoint_payload(run: Run, epoch: int) -> dict:
 
 def train(run: Run, world: World) -> None:
     """Epochs from where the run left off to recipe.epochs; rank 0 checkpoints and logs after each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(run.recipe.threads or max(1, (os.cpu_count() or 1) // world.size))
+    try:
+        _epochs(run, world)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (demo_models, tests) keep their own setting
+
+
+def _epochs(run: Run, world: World) -> None:
     recipe = run.recipe
-    torch.set_num_threads(recipe.threads or max(1, (os.cpu_count() or 1) // world.size))
     model = DistributedDataParallel(run.model) if world.size > 1 else run.model
     load = ImageLoader(cache=recipe.cache_images)
     log_path = Path(recipe.log) if recipe.log else default_log_path(recipe.out_path)

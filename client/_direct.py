@@ -114,6 +114,19 @@ def request_parts(module: Any, data: bytes, top_k: int) -> tuple[Any, Any]:
     return tensor, module.InferRequestedOutput("probs", class_count=top_k)
 
 
+
+def prepare_request(module: Any, pipelines: dict, data: bytes, top_k: int, pipeline: str | None) -> tuple:
+    """Check the pipeline and the image, clamp top-k: (pipeline info, input tensor, requested output)."""
+    name = pipeline or default_pipeline(pipelines)
+    info = pipelines.get(name)
+    if info is None:
+        raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
+    if not data:
+        raise ClientError(422, "invalid_image", "the image is empty")
+    k = min(top_k, info.num_classes) if info.num_classes else top_k
+    tensor, output = request_parts(module, data, k)
+    return info, tensor, output
+
 class DirectTransport:
     """Synchronous gRPC to Triton; one channel per thread (the sync tritonclient is not shared across threads)."""
 
@@ -149,15 +162,7 @@ class DirectTransport:
 
     def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()
-        pipelines = self.pipelines()
-        name = pipeline or default_pipeline(pipelines)
-        info = pipelines.get(name)
-        if info is None:
-            raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
-        if not data:
-            raise ClientError(422, "invalid_image", "the image is empty")
-        k = min(top_k, info.num_classes) if info.num_classes else top_k
-        tensor, output = request_parts(self._module, data, k)
+        info, tensor, output = prepare_request(self._module, self.pipelines(), data, top_k, pipeline)
         # No gRPC deadline: Triton 2.51's Python backend can crash when a running request is cancelled, so on
         # timeout we stop waiting and let the call finish on its own (see docs/client.md).
         finished = threading.Event()
@@ -167,13 +172,13 @@ class DirectTransport:
             outcome.append((result, error))
             finished.set()
 
-        self._client().async_infer(name, [tensor], done, outputs=[output])
+        self._client().async_infer(info.name, [tensor], done, outputs=[output])
         if not finished.wait(self.timeout):
             raise ClientError(504, "triton_timeout", "Triton did not answer in time")
         result, error = outcome[0]
         if error is not None:
             raise map_error(error)
-        return Classification(parse_classes(result.as_numpy("probs")), name, dict(info.versions),
+        return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
                               round((time.perf_counter() - started) * 1000, 3))
 
     def close(self) -> None:
@@ -215,16 +220,8 @@ class AsyncDirectTransport:
 
     async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()
-        pipelines = await self.pipelines()
-        name = pipeline or default_pipeline(pipelines)
-        info = pipelines.get(name)
-        if info is None:
-            raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
-        if not data:
-            raise ClientError(422, "invalid_image", "the image is empty")
-        k = min(top_k, info.num_classes) if info.num_classes else top_k
-        tensor, output = request_parts(self._module, data, k)
-        call = asyncio.ensure_future(self.client().infer(name, [tensor], outputs=[output]))
+        info, tensor, output = prepare_request(self._module, await self.pipelines(), data, top_k, pipeline)
+        call = asyncio.ensure_future(self.client().infer(info.name, [tensor], outputs=[output]))
         self._running.add(call)
         call.add_done_callback(self._finished)
         try:  # shielded, never cancelled in Triton (see DirectTransport.classify)
@@ -233,7 +230,7 @@ class AsyncDirectTransport:
             raise ClientError(504, "triton_timeout", "Triton did not answer in time") from None
         except self._error as exc:
             raise map_error(exc) from None
-        return Classification(parse_classes(result.as_numpy("probs")), name, dict(info.versions),
+        return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
                               round((time.perf_counter() - started) * 1000, 3))
 
     def _finished(self, call: asyncio.Future[Any]) -> None:

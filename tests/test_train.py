@@ -13,10 +13,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
+from conftest import free_port
 
 from export.checkpoint import load_vgg
 from export.onnx_graph import Normalization, write_onnx
 from export.vgg import VGG, VGGConfig
+from server.triton_launcher import TritonServer
 from train import demo_data, fit
 from train.augment import rescale_shortest, to_tensor
 from train.batches import global_batches, shard
@@ -153,6 +156,13 @@ def test_trained_checkpoint_exports_to_a_triton_repository(tiny_data: Path, tmp_
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").is_file()
     assert (tmp_path / "repo" / "tiny" / "labels.txt").read_text().split() == [str(c) for c in range(10)]
+    image = to_tensor(rescale_shortest(load_rgb(next((tiny_data / "test").glob("*/*.png"))), 64))[None].numpy()
+    ports = [free_port() for _ in range(3)]
+    with TritonServer(tmp_path / "repo", *ports, log_path=tmp_path / "triton.log") as triton:  # and it serves
+        tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(image)
+        probs = grpcclient.InferenceServerClient(triton.grpc_url).infer("tiny", [tensor]).as_numpy("probs")
+    assert probs.shape == (1, 10) and abs(float(probs.sum()) - 1) < 1e-4
 
 
 # --- clear errors -------------------------------------------------------------------------------------------------

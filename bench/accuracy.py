@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import socket
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from bench.common import free_port
 from server.pipeline_spec import Pipeline, Spec
 from server.repository import generate, read_member
 from server.triton_launcher import TritonServer
@@ -124,12 +124,6 @@ def report(rows: list[Row], data: Path, images: int, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/digits/test"), help="ImageFolder of test images")
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             repository = scratch_repository(args.repository, args.members, rows, Path(folder))
-            server = TritonServer(repository, _free_port(), _free_port(), _free_port(), log_path=Path(folder) / "log")
+            server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=Path(folder) / "log")
             with server:
                 for row in rows:
                     row.top1, row.top5 = evaluate(server.grpc_url, row.pipeline.name, samples, args.workers)

@@ -19,13 +19,10 @@ Processes it did not start are measured when given with --gateway-pid / --triton
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import io
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,11 +36,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.common import free_port, machine
 
 
 def sample_photo() -> bytes:
@@ -212,16 +205,6 @@ def measure(triton_url: str, gateway_url: str, pipeline: str, requests: int, con
             direct_cpu["triton"] / (gateway_cpu["triton"] + gateway_cpu["gateway"]), 4)
     result["goals_met"] = result["gateway_latency_overhead"] < 0.05 and result["gateway_throughput_ratio"] >= 0.95
     return result
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:

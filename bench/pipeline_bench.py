@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from bench.common import free_port, machine, median_ms
 from server.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from server.pipeline_spec import load_spec
 from server.repository import generate
@@ -44,24 +42,6 @@ members = ["vgg16"]
 scales = [256, 384, 512]
 flips = true
 """
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    import os
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, load average {load} at the end"
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: first-run allocations and lazy initialisation are not what we measure
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def make_model(folder: Path, width: float, threads: int) -> Path:
@@ -107,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         multi_inputs = [dense_views(rescale(image, q), flips=True) for q in (256, 384, 512)]
         bare_fast, *bare_multi = bare_onnxruntime(onnx_path, [fast_input, *multi_inputs], args.threads, args.repeats)
 
-        ports = [_free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(3)]
         with TritonServer(repository, *ports, log_path=Path(folder) / "triton.log") as triton:
             client = grpcclient.InferenceServerClient(triton.grpc_url)
 
@@ -148,13 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(report)
     print(f"written to {args.out}")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

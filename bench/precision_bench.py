@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import free_port, machine, median_ms
 from bench.flops import dense_gflop
-from bench.pipeline_bench import _free_port, machine, median_ms
 from export.vgg import VGGConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def served(repository: Path, folder: Path, repeats: int) -> list[Result]:
     fast_gflop = dense_gflop(config, 224, 336)
     multi_gflop = sum(dense_gflop(config, q, round(q * 640 / 427), batch=2) for q in (256, 384, 512))
     results = []
-    with TritonServer(repository, _free_port(), _free_port(), _free_port(), log_path=folder / "triton.log") as triton:
+    with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log") as triton:
         client = grpcclient.InferenceServerClient(triton.grpc_url)
 
         def call(name: str) -> object:

@@ -13,14 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from server.imaging import rescaled_size
 from train.imagefolder import ImageFolder, load_rgb
 
 
 def rescale_shortest(image: Image.Image, side: int) -> Image.Image:
     """Isotropic rescale so the shorter side is `side` (the paper's S at training, Q at test time)."""
-    width, height = image.size
-    scale = side / min(width, height)
-    size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    size = rescaled_size(*image.size, side)  # the serving preprocess's own rule, so train and test sizes agree
     return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
 
 

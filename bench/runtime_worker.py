@@ -43,12 +43,14 @@ def load(args: argparse.Namespace):
             with torch.inference_mode():
                 return net(x)
         return run
-    from server.runtimes import Accelerator, OnnxRuntimeRunner, open_runner
+    from server.runtimes import Accelerator, OnnxRuntimeRunner, SessionSettings, open_runner
 
     if args.runtime == "openvino":
         runner = open_runner(args.model, Accelerator("openvino", args.precision), args.threads, 1)
     else:
-        runner = OnnxRuntimeRunner(args.model, args.threads, 1, lean=args.lean)
+        settings = SessionSettings(args.threads, 1, mem_arena=not args.lean,
+                                   optimized_model_cache=args.cache or "off")
+        runner = OnnxRuntimeRunner(args.model, args.threads, 1, lean=args.lean, settings=settings)
     return lambda: runner.run(["probs"], {"image": image})
 
 
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lean", action="store_true", help="onnxruntime without arena and weight pre-packing")
+    parser.add_argument("--cache", help="onnxruntime's optimized-model cache folder (server/ort_cache.py)")
     args = parser.parse_args()
     base = rss_mb()
     run = load(args)

@@ -8,10 +8,13 @@ package, with a `precision` parameter (f32 or bf16), so one repository means the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
+
+from server.ort_cache import open_session, resolve_cache_dir
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
 
@@ -61,6 +64,7 @@ class SessionSettings:
     inter_op_threads: int = 0
     mem_arena: bool = True  # `enable_mem_arena`: off returns activation memory after each run
     graph_level: int = 0
+    optimized_model_cache: str = "off"  # this backend's own: "auto" (beside the model), "off" or a folder
 
     @classmethod
     def from_model_config(cls, config: dict) -> SessionSettings:
@@ -73,7 +77,7 @@ class SessionSettings:
         if level not in GRAPH_LEVELS:
             raise RuntimeConfigError(f"optimization.graph.level {level} is not one of -1, 0, 1, 2")
         return cls(int(get("intra_op_thread_count", "0")), int(get("inter_op_thread_count", "0")),
-                   get("enable_mem_arena", "1") not in ("0", "false"), level)
+                   get("enable_mem_arena", "1") not in ("0", "false"), level, get("optimized_model_cache", "auto"))
 
 
 class OnnxRuntimeRunner:
@@ -88,7 +92,8 @@ class OnnxRuntimeRunner:
         options.log_severity_level = 3
         if lean:  # measured alternative: no pre-packed second copy of the weights either
             options.add_session_config_entry("session.disable_prepacking", "1")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        cache_dir = resolve_cache_dir(settings.optimized_model_cache, Path(path))
+        self.session = open_session(Path(path), options, settings.graph_level, cache_dir)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -97,7 +102,7 @@ class OnnxRuntimeRunner:
 
 
 class OpenVinoRunner:
-    def __init__(self, path: str, precision: str, threads: int) -> None:
+    def __init__(self, path: str, precision: str, threads: int, cache_dir: Path | None = None) -> None:
         try:
             import openvino as ov
         except ImportError:
@@ -107,7 +112,9 @@ class OpenVinoRunner:
         properties = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads > 0:
             properties["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(core.read_model(path), "CPU", properties)
+        if cache_dir is not None:  # OpenVINO's own compiled-model cache: loads in a quarter of the time, lower peak
+            properties["CACHE_DIR"] = str(cache_dir / "openvino")
+        self.compiled = core.compile_model(path, "CPU", properties)
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
@@ -121,5 +128,7 @@ class OpenVinoRunner:
 def open_runner(path: str, accelerator: Accelerator, intra_op_threads: int = 0, inter_op_threads: int = 0,
                 settings: SessionSettings | None = None) -> OnnxRuntimeRunner | OpenVinoRunner:
     if accelerator.name == "openvino":
-        return OpenVinoRunner(path, accelerator.precision, settings.intra_op_threads if settings else intra_op_threads)
+        settings = settings or SessionSettings(intra_op_threads, inter_op_threads)
+        return OpenVinoRunner(path, accelerator.precision, settings.intra_op_threads,
+                              resolve_cache_dir(settings.optimized_model_cache, Path(path)))
     return OnnxRuntimeRunner(path, intra_op_threads, inter_op_threads, settings=settings)

@@ -97,7 +97,7 @@ def test_accelerator_config_is_read_like_the_native_backend():
         {"name": "openvino", "parameters": {"precision": "BF16"}}]}, "graph": {"level": -1}},
         "parameters": {"intra_op_thread_count": {"string_value": "3"}, "enable_mem_arena": {"string_value": "0"}}}
     assert Accelerator.from_model_config(config) == Accelerator("openvino", "bf16")
-    assert SessionSettings.from_model_config(config) == SessionSettings(3, 0, False, -1)
+    assert SessionSettings.from_model_config(config) == SessionSettings(3, 0, False, -1, "auto")
     assert Accelerator.from_model_config({}) == Accelerator()
     with pytest.raises(RuntimeConfigError, match="unsupported cpu_execution_accelerator 'tensorrt'"):
         Accelerator.from_model_config({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [

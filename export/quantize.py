@@ -9,7 +9,7 @@ agreement and the max abs difference of probs against FP32 onnxruntime.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,26 +93,32 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Path, training_
                     op_types_to_quantize=["Conv", "MaxPool", "Relu"], nodes_to_exclude=["fc8"],
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     prepared.unlink()
-    return agreement(open_runner(str(fp32_path), Accelerator()), open_runner(str(int8_path), Accelerator()),
+    return agreement(lambda: open_runner(str(fp32_path), Accelerator()),
+                     lambda: open_runner(str(int8_path), Accelerator()),
                      held_out, [training_size, training_size * 3 // 2], "int8")
 
 
 def check_bf16(onnx_path: Path, images: Path, training_size: int) -> Agreement:
     """OpenVINO at bf16 precision against onnxruntime FP32, on the same file."""
     _, held_out = split(find_images(images))
-    return agreement(open_runner(str(onnx_path), Accelerator()),
-                     open_runner(str(onnx_path), Accelerator("openvino", "bf16")),
+    return agreement(lambda: open_runner(str(onnx_path), Accelerator()),
+                     lambda: open_runner(str(onnx_path), Accelerator("openvino", "bf16")),
                      held_out, [training_size, training_size * 3 // 2], "bf16")
 
 
-def agreement(fp32: Runner, candidate: Runner, images: list[Path], scales: list[int], precision: str) -> Agreement:
-    agree, total, worst = 0, 0, 0.0
-    for scale in scales:
-        for view in load_views(images, scale):
-            reference, quantized = (r.run(["probs"], {"image": view})[0] for r in (fp32, candidate))
-            agree += int(reference.argmax() == quantized.argmax())
-            total += 1
-            worst = max(worst, float(np.abs(reference - quantized).max()))
-    if total == 0:
+def agreement(fp32: Callable[[], Runner], candidate: Callable[[], Runner], images: list[Path], scales: list[int],
+              precision: str) -> Agreement:
+    """Top-1 agreement and max |probs diff| over every held-out image at every scale. The two runtimes are opened
+    one after the other, so the check's peak memory is one full-size model's, not two."""
+    views = [view for scale in scales for view in load_views(images, scale)]
+    if not views:
         raise QuantizationError("none of the held-out images could be decoded")
+    outputs = []
+    for open_one in (fp32, candidate):
+        runner = open_one()
+        outputs.append([runner.run(["probs"], {"image": view})[0] for view in views])
+        del runner
+    agree = sum(int(r.argmax() == q.argmax()) for r, q in zip(*outputs, strict=True))
+    worst = max(float(np.abs(r - q).max()) for r, q in zip(*outputs, strict=True))
+    total = len(views)
     return Agreement(len(images), total, agree / total, worst, precision)

@@ -1,0 +1,125 @@
+"""Instances x intra-op threads under concurrent load: which split of the cores serves the most images/s.
+
+    python -m bench.threads_bench [--concurrency 1 4] [--requests 16]
+
+Full-size VGG-16 in FP32 and int8 behind a `fast` pipeline (Q=224, one 640x427 JPEG). For each member setting
+(instance_group count x intra_op_thread_count) Triton restarts with the member's config rewritten so, and clients
+at each concurrency report images/s and median latency. The project's defaults (export/to_onnx.py --instances,
+--threads) come from this table; bench/results/threads.md records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from PIL import Image
+from sklearn.datasets import load_sample_image
+from tritonclient.grpc import model_config_pb2 as mc
+
+from bench.build import calibration_photos, export, random_checkpoints
+from bench.common import free_port, machine
+from bench.served import classify
+from server.pipeline_spec import load_spec
+from server.repository import generate
+from server.triton_launcher import TritonServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 4))  # (instances, threads per instance)
+SPEC = """
+[pipelines.fast_fp32]
+members = ["vgg16"]
+scales = [224]
+[pipelines.fast_int8]
+members = ["vgg16_int8"]
+scales = [224]
+"""
+
+
+def configure(repository: Path, model: str, instances: int, threads: int) -> None:
+    path = repository / model / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    config.instance_group[0].count = instances
+    config.parameters["intra_op_thread_count"].string_value = str(threads)
+    path.write_text(text_format.MessageToString(config))
+
+
+def load(url: str, pipeline: str, image: bytes, concurrency: int, requests: int) -> tuple[float, float]:
+    """(images/s, median latency ms) with `concurrency` clients sending `requests` in all."""
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(concurrency)]
+    latencies: list[float] = []
+
+    def work(client: grpcclient.InferenceServerClient) -> None:
+        for _ in range(max(1, requests // concurrency)):
+            start = time.perf_counter()
+            classify(client, pipeline, image)
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda c: classify(c, pipeline, image), clients))  # warm-up, every instance included
+        start = time.perf_counter()
+        list(pool.map(work, clients))
+        elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, statistics.median(latencies)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--requests", type=int, default=16, help="requests per measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "threads.md")
+    args = parser.parse_args(argv)
+    jpeg = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).save(jpeg, "JPEG", quality=90)
+    folder = Path(tempfile.mkdtemp(prefix="threads-bench-"))
+    rows = []
+    try:
+        checkpoint = random_checkpoints(folder, {"vgg16": "D"})["vgg16"]
+        repository = folder / "repository"
+        export(checkpoint, repository, "vgg16", 1, "--quantize", "int8", "--calibration",
+               str(calibration_photos(folder)), "--min-top1-agreement", "0")
+        (folder / "spec.toml").write_text(SPEC)
+        generate(load_spec(folder / "spec.toml"), repository)
+        for instances, threads in SETTINGS:
+            for model in ("vgg16", "vgg16_int8"):
+                configure(repository, model, instances, threads)
+            with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
+                for precision in ("fp32", "int8"):
+                    for concurrency in args.concurrency:
+                        rate, latency = load(triton.grpc_url, f"fast_{precision}", jpeg.getvalue(), concurrency,
+                                             args.requests)
+                        rows.append((precision, instances, threads, concurrency, rate, latency))
+                        print(f"{precision} {instances}x{threads} threads, {concurrency} clients: {rate:.2f} images/s, "
+                              f"{latency:.0f} ms", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    best = {(p, c): max(r[4] for r in rows if r[0] == p and r[3] == c) for p, *_, c, _, _ in rows}
+    lines = [f"# Instances x threads benchmark, {datetime.date.today().isoformat()}", "",
+             f"Machine: {machine()} ({os.cpu_count()} cores). Full-size VGG-16 behind `fast` (Q=224, one 640x427 "
+             f"JPEG); {args.requests} requests per row; images/s relative to the best setting at the same precision "
+             "and concurrency.", "",
+             "| precision | instances x threads | clients | images/s | of best | median latency ms |",
+             "|---|---|---:|---:|---:|---:|"]
+    for precision, instances, threads, concurrency, rate, latency in sorted(rows, key=lambda r: (r[0], r[3], -r[4])):
+        lines.append(f"| {precision} | {instances} x {threads} | {concurrency} | {rate:.2f} | "
+                     f"{rate / best[precision, concurrency]:.0%} | {latency:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,10 +31,12 @@ repository: install
 serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
-# Benchmarks (not tests): pipelines vs bare onnxruntime, and FP32 / bf16 / int8 against the machine's peaks.
+# Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, and
+# instances x threads under load (about 20 minutes on 2 cores). Results go to bench/results/.
 bench: install
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.precision_bench
+	$(PY) -m bench.threads_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

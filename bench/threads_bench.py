@@ -4,8 +4,10 @@
 
 Full-size VGG-16 in FP32 and int8 behind a `fast` pipeline (Q=224, one 640x427 JPEG). For each member setting
 (instance_group count x intra_op_thread_count) Triton restarts with the member's config rewritten so, and clients
-at each concurrency report images/s and median latency. The project's defaults (export/to_onnx.py --instances,
---threads) come from this table; bench/results/threads.md records it.
+at each concurrency report images/s and median latency. Then an int8 `fusion` of VGG-11, 16 and 19 (Q=256, 384,
+512), whose three members run at once: each member with all the cores' threads, or with its share of them.
+The project's defaults (export/to_onnx.py --instances, --threads) come from these tables; bench/results/threads.md
+records them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from server.triton_launcher import TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 4))  # (instances, threads per instance)
+FUSION_THREADS = (1, 2)  # per member, one instance each
 SPEC = """
 [pipelines.fast_fp32]
 members = ["vgg16"]
@@ -44,7 +47,11 @@ scales = [224]
 [pipelines.fast_int8]
 members = ["vgg16_int8"]
 scales = [224]
+[pipelines.fusion_int8]
+members = ["vgg11_int8", "vgg16_int8", "vgg19_int8"]
+scales = [256, 384, 512]
 """
+FUSION = ("vgg11_int8", "vgg16_int8", "vgg19_int8")
 
 
 def configure(repository: Path, model: str, instances: int, threads: int) -> None:
@@ -74,6 +81,16 @@ def load(url: str, pipeline: str, image: bytes, concurrency: int, requests: int)
     return len(latencies) / elapsed, statistics.median(latencies)
 
 
+def table(rows: list[tuple], setting: str) -> list[str]:
+    best = {(r[0], r[3]): max(o[4] for o in rows if o[0] == r[0] and o[3] == r[3]) for r in rows}
+    lines = [f"| precision | {setting} | clients | images/s | of best | median latency ms |",
+             "|---|---|---:|---:|---:|---:|"]
+    for precision, instances, threads, concurrency, rate, latency in sorted(rows, key=lambda r: (r[0], r[3], -r[4])):
+        lines.append(f"| {precision} | {instances} x {threads} | {concurrency} | {rate:.2f} | "
+                     f"{rate / best[precision, concurrency]:.0%} | {latency:.0f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -83,14 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = io.BytesIO()
     Image.fromarray(load_sample_image("china.jpg")).save(jpeg, "JPEG", quality=90)
     folder = Path(tempfile.mkdtemp(prefix="threads-bench-"))
-    rows = []
+    rows: list[tuple] = []
+    fusion_rows: list[tuple] = []
     try:
-        checkpoint = random_checkpoints(folder, {"vgg16": "D"})["vgg16"]
         repository = folder / "repository"
-        export(checkpoint, repository, "vgg16", 1, "--quantize", "int8", "--calibration",
-               str(calibration_photos(folder)), "--min-top1-agreement", "0")
+        calibration = calibration_photos(folder)
+        for name, checkpoint in random_checkpoints(folder, {"vgg11": "A", "vgg16": "D", "vgg19": "E"}).items():
+            export(checkpoint, repository, name, 1, "--quantize", "int8", "--calibration", str(calibration),
+                   "--min-top1-agreement", "0")
         (folder / "spec.toml").write_text(SPEC)
         generate(load_spec(folder / "spec.toml"), repository)
+        for threads in FUSION_THREADS:
+            for model in FUSION:
+                configure(repository, model, 1, threads)
+            with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
+                for concurrency in args.concurrency:
+                    rate, latency = load(triton.grpc_url, "fusion_int8", jpeg.getvalue(), concurrency, 4)
+                    fusion_rows.append(("int8", 1, threads, concurrency, rate, latency))
+                    print(f"fusion int8 {threads} threads per member, {concurrency} clients: {rate:.2f} images/s, "
+                          f"{latency:.0f} ms", flush=True)
         for instances, threads in SETTINGS:
             for model in ("vgg16", "vgg16_int8"):
                 configure(repository, model, instances, threads)
@@ -104,16 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                               f"{latency:.0f} ms", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    best = {(p, c): max(r[4] for r in rows if r[0] == p and r[3] == c) for p, *_, c, _, _ in rows}
     lines = [f"# Instances x threads benchmark, {datetime.date.today().isoformat()}", "",
              f"Machine: {machine()} ({os.cpu_count()} cores). Full-size VGG-16 behind `fast` (Q=224, one 640x427 "
              f"JPEG); {args.requests} requests per row; images/s relative to the best setting at the same precision "
-             "and concurrency.", "",
-             "| precision | instances x threads | clients | images/s | of best | median latency ms |",
-             "|---|---|---:|---:|---:|---:|"]
-    for precision, instances, threads, concurrency, rate, latency in sorted(rows, key=lambda r: (r[0], r[3], -r[4])):
-        lines.append(f"| {precision} | {instances} x {threads} | {concurrency} | {rate:.2f} | "
-                     f"{rate / best[precision, concurrency]:.0%} | {latency:.0f} |")
+             "and concurrency.", "", *table(rows, "instances x threads"), "",
+             "int8 `fusion` of VGG-11, 16 and 19 at Q=256, 384, 512 (the three members run at once), one instance "
+             "per member, 4 requests per row:", "", *table(fusion_rows, "instances x threads per member")]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

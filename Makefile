@@ -32,11 +32,12 @@ serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
 # Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, and
-# instances x threads under load (about 20 minutes on 2 cores). Results go to bench/results/.
+# instances x threads under load, client batch scoring vs perf_analyzer (about 20 minutes on 2 cores). Results go to bench/results/.
 bench: install
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.precision_bench
 	$(PY) -m bench.threads_bench
+	$(PY) -m bench.perf_analyzer_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,8 +31,8 @@ repository: install
 serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
-# Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, and
-# instances x threads under load, client batch scoring vs perf_analyzer (about 20 minutes on 2 cores). Results go to bench/results/.
+# Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, instances x
+# threads under load, client batch scoring vs perf_analyzer (about 25 minutes on 2 cores). Results: bench/results/.
 bench: install
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.precision_bench

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODES = ("dense", "multi-crop", "dense+multi-crop")
+VARIANTS = ("int8", "bf16")  # export/to_onnx.py --quantize int8 / --bf16: members named <model>_<variant>
 
 
 class SpecError(ValueError):
@@ -27,6 +28,12 @@ class ModelSource:
     labels: str | None = None
     instances: int = 1
     threads: int = 1
+    variants: tuple[str, ...] = ()  # also export <name>_int8 / <name>_bf16, usable as pipeline members
+    calibration: str | None = None  # images for int8 calibration and the variants' agreement check
+
+    def exported_names(self) -> dict[str, str | None]:
+        """Member name -> variant (None for FP32) of every model this checkpoint exports to."""
+        return {self.name: None} | {f"{self.name}_{variant}": variant for variant in self.variants}
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,12 @@ def load_spec(path: Path) -> Spec:
         raise SpecError(f"{path}: invalid TOML ({exc})") from None
     spec = Spec(limits=dict(raw.get("limits", {})))
     for name, entry in raw.get("models", {}).items():
-        spec.models[name] = _build(ModelSource, f"models.{name}", name=name, **entry)
+        entry = dict(entry)
+        if "variants" in entry:
+            entry["variants"] = tuple(entry["variants"])
+        source = _build(ModelSource, f"models.{name}", name=name, **entry)
+        _check_source(source, f"models.{name}")
+        spec.models[name] = source
     for name, entry in raw.get("pipelines", {}).items():
         where = f"pipelines.{name}"
         entry = dict(entry)
@@ -124,6 +136,14 @@ def _build(cls: type, where: str, **fields: object) -> object:
         return cls(**fields)
     except TypeError as exc:
         raise SpecError(f"{where}: {exc}".replace(f"{cls.__name__}.__init__() ", "")) from None
+
+
+def _check_source(source: ModelSource, where: str) -> None:
+    unknown = [v for v in source.variants if v not in VARIANTS]
+    if unknown:
+        raise SpecError(f"{where}: variants {unknown} are not among {', '.join(VARIANTS)}")
+    if source.variants and not source.calibration:
+        raise SpecError(f"{where}: variants need calibration = \"FOLDER\" (images like the ones served)")
 
 
 def _check_pipeline(p: Pipeline, where: str) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -55,21 +57,36 @@ def read_member(repository: Path, name: str) -> Member:
 
 
 def export_missing(spec: Spec, repository: Path) -> None:
-    """Export each member that the repository lacks from its checkpoint (a subprocess: the server never imports
-    torch)."""
+    """Export each member that the repository lacks from its checkpoint, int8/bf16 variants included (a subprocess:
+    the server never imports torch). The exporter writes into a staging repository beside the real one and only the
+    missing models are moved in, so a model already served is never rewritten or given a new version."""
     needed = {m for p in spec.pipelines.values() for m in p.members}
-    for name in sorted(needed):
-        source = spec.models.get(name)
-        if (repository / name / "config.pbtxt").exists() or source is None or source.checkpoint is None:
+    for source in sorted(spec.models.values(), key=lambda s: s.name):
+        names = source.exported_names()
+        missing = [n for n in names if n in needed and not (repository / n / "config.pbtxt").exists()]
+        if source.checkpoint is None or not missing:
             continue
         command = [sys.executable, str(PROJECT_ROOT / "export" / "to_onnx.py"), str(PROJECT_ROOT / source.checkpoint),
-                   "--repository", str(repository), "--name", name, "--instances", str(source.instances),
-                   "--threads", str(source.threads)]
+                   "--name", source.name, "--instances", str(source.instances), "--threads", str(source.threads)]
         if source.labels:
             command += ["--labels", str(PROJECT_ROOT / source.labels)]
-        print(f"exporting {name} from {source.checkpoint}", flush=True)
-        if subprocess.run(command).returncode != 0:
-            raise SpecError(f"exporting {name} from {source.checkpoint} failed (see above)")
+        variants = [names[n] for n in missing if names[n]]
+        if "int8" in variants:
+            command += ["--quantize", "int8"]
+        if "bf16" in variants:
+            command += ["--bf16"]
+        if variants:
+            command += ["--calibration", str(PROJECT_ROOT / (source.calibration or ""))]
+        print(f"exporting {', '.join(missing)} from {source.checkpoint}", flush=True)
+        repository.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".export-{source.name}-", dir=repository.parent))
+        try:
+            if subprocess.run([*command, "--repository", str(staging)]).returncode != 0:
+                raise SpecError(f"exporting {source.name} from {source.checkpoint} failed (see above)")
+            for name in missing:
+                os.rename(staging / name, repository / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve(pipeline: Pipeline, members: list[Member]) -> Pipeline:
@@ -179,6 +196,8 @@ def deploy_member(config: mc.ModelConfig, target: str, usage: MemberUsage) -> mc
         return None
     if config.optimization.execution_accelerators.cpu_execution_accelerator:
         return None  # a CPU-accelerated variant (OpenVINO bf16) stays on the CPU
+    if "vgg.precision" in config.parameters and config.parameters["vgg.precision"].string_value == "int8":
+        return None  # CPU int8 (VNNI) QDQ model; on GPUs TensorRT runs the FP32 member in FP16 instead
     out = mc.ModelConfig()
     out.CopyFrom(config)
     del out.optimization.execution_accelerators.gpu_execution_accelerator[:]

@@ -66,6 +66,10 @@ BAD_SPECS = {
     "crop": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nmode = "multi-crop"\ncrop_size = 96\n',
              "crop_size 96 must be between 64 and the smallest scale"),
     "toml": ("[pipelines.p\n", "invalid TOML"),
+    "variant": ('[models.m]\nvariants = ["int4"]\ncalibration = "x"\n[pipelines.p]\nmembers = ["vgg_a"]\n'
+                'scales = [64]\n', "models.m: variants ['int4'] are not among int8, bf16"),
+    "calibration": ('[models.m]\nvariants = ["int8"]\n[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\n',
+                    "models.m: variants need calibration"),
 }
 
 
@@ -107,3 +111,26 @@ def test_gpu_target_covers_every_shape_the_pipelines_send_and_reverts(repository
     assert generate(spec, repository, target="gpu") == []
     generate(spec, repository, target="cpu")
     assert (repository / "vgg_d" / "config.pbtxt").read_text() == cpu_config
+
+
+def test_variants_are_exported_on_demand_and_never_rewrite_a_served_model(tmp_path):
+    """A spec naming <model>_int8 gets it exported from the checkpoint, calibrated on the spec's folder; models
+    already in the repository keep their files and version, and int8 stays on the CPU for the GPU target."""
+    repository = tmp_path / "repository"
+    source = ('[models.demo_a]\ncheckpoint = "models/demo/vgg_a.pt"\nlabels = "models/demo/labels.txt"\n'
+              'variants = ["int8"]\ncalibration = "models/demo/calibration"\n')
+    generate(load_spec(spec_file(tmp_path, source + '[pipelines.q8]\nmembers = ["demo_a_int8"]\nscales = [64]\n')),
+             repository)
+    assert (repository / "demo_a_int8" / "1" / "model.onnx").exists() and not (repository / "demo_a").exists()
+    int8_config = (repository / "demo_a_int8" / "config.pbtxt").read_text()
+    assert 'string_value: "int8"' in int8_config
+    spec = load_spec(spec_file(tmp_path, source + '[pipelines.q8]\nmembers = ["demo_a_int8"]\nscales = [64]\n'
+                                                  '[pipelines.f32]\nmembers = ["demo_a"]\nscales = [64]\n'))
+    generate(spec, repository)
+    assert (repository / "demo_a" / "1" / "model.onnx").exists()
+    assert sorted(p.name for p in (repository / "demo_a_int8").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+    assert (repository / "demo_a_int8" / "config.pbtxt").read_text() == int8_config
+    assert not list(tmp_path.glob(".export-*")), "staging repositories are removed"
+    generate(spec, repository, target="gpu")
+    assert (repository / "demo_a_int8" / "config.pbtxt").read_text() == int8_config
+    assert "KIND_GPU" in (repository / "demo_a" / "config.pbtxt").read_text()

@@ -4,7 +4,8 @@
 
 Each model is trained with train.fit (full checkpoints under runs/demo/), then written to models/demo/ without its
 optimizer state (float32 weights, 0.8-1.2 MB each) beside its per-epoch log; its held-out accuracy and training
-time go to models/demo/results.json. B and D start from A as in the paper (Sec. 3.1).
+time go to models/demo/results.json. B and D start from A as in the paper (Sec. 3.1). models/demo/calibration/
+gets 80 validation images for the int8 variants.
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ def train_and_ship(model: DemoModel, data: Path, runs: Path, out: Path, threads:
     return result
 
 
+def ship_calibration(val: Path, out: Path, per_class: int = 8) -> None:
+    """The first validation images of each class as JPEG: what pipelines.toml calibrates the int8 variants on
+    (`variants` / `calibration` under [models.NAME]), small enough to commit (about 0.3 MB)."""
+    from PIL import Image
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for class_dir in sorted(p for p in val.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.glob("*.png"))[:per_class]:
+            Image.open(path).convert("RGB").save(out / f"{path.stem}.jpg", quality=92)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.demo_models", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/digits"))
@@ -92,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== dataset: {demo_data.build(args.data)['per_class']} images per class and split in {args.data}")
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.data / "labels.txt", args.out / "labels.txt")
+    ship_calibration(args.data / "val", args.out / "calibration")
     results_path = args.out / "results.json"
     keep = args.only is not None and results_path.exists()  # retraining some: keep the others' results
     results = json.loads(results_path.read_text()) if keep else {}

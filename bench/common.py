@@ -1,4 +1,5 @@
-"""What every benchmark needs: free loopback ports, a name for the machine, a median timing."""
+"""What every benchmark needs: free loopback ports, a name for the machine, a median timing, the sample photo, and
+a gateway in front of a Triton."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,3 +39,36 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
         run()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def photo_jpeg(size: tuple[int, int] | None = None) -> bytes:
+    """scikit-learn's bundled china.jpg (640x427), optionally resized, as a quality-90 JPEG: a real photo."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    image = Image.fromarray(load_sample_image("china.jpg"))
+    buffer = io.BytesIO()
+    (image.resize(size) if size else image).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def start_gateway(triton_url: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python -m server.gateway` on a free loopback port, once its /readyz answers 200: (process, base URL)."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton_url, "--port",
+                                str(port), "--log-level", "warning"])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError("gateway did not become ready")

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,21 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from bench.common import free_port, machine
-
-
-def sample_photo() -> bytes:
-    """A real photo (scikit-learn's china.jpg) at an odd size, as JPEG."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_image
-
-    buffer = io.BytesIO()
-    Image.fromarray(load_sample_image("china.jpg")).resize((500, 333)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+from bench.common import free_port, machine, photo_jpeg, start_gateway
 
 
 def direct_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:
@@ -175,7 +162,7 @@ def throughput(make: Callable[[], Callable[[], None]], requests: int, concurrenc
 
 def measure(triton_url: str, gateway_url: str, pipeline: str, requests: int, concurrency: int, rounds: int,
             top_k: int, cpu: CpuMeter | None = None) -> dict:
-    data = sample_photo()
+    data = photo_jpeg((500, 333))
     cpu = cpu or CpuMeter(None, None)
     direct = lambda: direct_caller(triton_url, pipeline, data, top_k)  # noqa: E731
     gateway = lambda: gateway_caller(gateway_url, pipeline, data, top_k)  # noqa: E731
@@ -231,20 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             triton_url = triton.grpc_url
         gateway_url = args.gateway_url
         if not gateway_url:
-            port = free_port()
-            gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton_url,
-                                        "--port", str(port), "--log-level", "warning"])
-            gateway_url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(gateway_url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gateway did not become ready")
-                time.sleep(0.2)
+            gateway, gateway_url = start_gateway(triton_url)
         gateway_pid = gateway.pid if gateway else args.gateway_pid
         triton_pid = triton.process.pid if triton and triton.process else args.triton_pid
         cpu = CpuMeter(CpuClock([gateway_pid]) if gateway_pid else None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import io
 import json
 import shutil
 import struct
@@ -27,9 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import httpx
-
-from bench.common import free_port, machine
+from bench.common import free_port, machine, photo_jpeg, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_DIR = ROOT / "build" / "perf_analyzer"
@@ -125,15 +122,6 @@ def client_score(url: str, folder: Path, pipeline: str, concurrency: int) -> tup
     return len(results) / elapsed, sum(r.error is not None for r in results)
 
 
-def sample_photo() -> bytes:
-    from PIL import Image
-    from sklearn.datasets import load_sample_image
-
-    buffer = io.BytesIO()
-    Image.fromarray(load_sample_image("china.jpg")).resize((500, 333)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="fast")
@@ -151,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.repository import generate
     from server.triton_launcher import TritonServer
 
-    image = sample_photo()
+    image = photo_jpeg((500, 333))
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -162,12 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             (images / f"{index:05d}.jpg").write_bytes(image)
         with TritonServer(folder / "repository", free_port(), free_port(), free_port(),
                           log_path=folder / "triton.log") as triton:
-            port = free_port()
-            gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.grpc_url,
-                                        "--port", str(port), "--log-level", "warning"])
+            gateway, gateway_url = start_gateway(triton.grpc_url)
             try:
-                gateway_url = f"http://127.0.0.1:{port}"
-                _wait_ready(gateway_url)
                 rate, p50 = perf_analyzer(binary, triton.grpc_url, args.pipeline, image, args.concurrency, folder)
                 rows.append(("perf_analyzer, gRPC to Triton", rate, f"{p50:.1f} ms p50", 0))
                 for what, url in (("Client.score through the gateway", gateway_url),
@@ -191,18 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return 0
-
-
-def _wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("gateway did not become ready")
 
 
 if __name__ == "__main__":

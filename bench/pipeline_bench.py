@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import subprocess
 import sys
 import tempfile
@@ -22,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
-from PIL import Image
-from sklearn.datasets import load_sample_image
 
-from bench.common import free_port, machine, median_ms
+from bench.common import free_port, machine, median_ms, photo_jpeg
 from server.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from server.pipeline_spec import load_spec
 from server.repository import generate
@@ -71,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.md")
     args = parser.parse_args(argv)
 
-    photo = io.BytesIO()
-    Image.fromarray(load_sample_image("china.jpg")).save(photo, "JPEG", quality=90)
-    jpeg = photo.getvalue()
+    jpeg = photo_jpeg()
     image = decode_rgb(jpeg, ImageLimits())
 
     with tempfile.TemporaryDirectory() as folder:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import calibration_photos, export, random_checkpoints
-from bench.common import free_port, machine
+from bench.common import free_port, machine, photo_jpeg
 from bench.flops import dense_gflop
 from bench.served import images_per_second, latency_ms, process_tree_memory_mb
 from export.vgg import VGGConfig
@@ -182,9 +181,6 @@ def served(suite: Suite, repository: Path, image: bytes, image_size: tuple[int, 
 
 
 def full_suite(folder: Path, args: argparse.Namespace) -> tuple[list[Result], list[str]]:
-    from PIL import Image
-    from sklearn.datasets import load_sample_image
-
     checkpoints = random_checkpoints(folder, {"vgg11": "A", "vgg16": "D", "vgg19": "E"})
     calibration = calibration_photos(folder)
     repository = folder / "full"
@@ -196,9 +192,7 @@ def full_suite(folder: Path, args: argparse.Namespace) -> tuple[list[Result], li
                      f"{seconds:.0f} s, peak memory {_gb(peak)}")
         print(notes[-1], flush=True)
     results = bare(FULL, repository, checkpoints["vgg16"], folder, args.repeats, args.threads)
-    jpeg = io.BytesIO()
-    Image.fromarray(load_sample_image("china.jpg")).save(jpeg, "JPEG", quality=90)
-    served_results, memory = served(FULL, repository, jpeg.getvalue(), (640, 427), folder, max(3, args.repeats // 2),
+    served_results, memory = served(FULL, repository, photo_jpeg(), (640, 427), folder, max(3, args.repeats // 2),
                                     args.concurrency)
     shutil.rmtree(repository)
     return results + served_results, notes + memory

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import os
 import shutil
 import statistics
@@ -26,12 +25,10 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
-from PIL import Image
-from sklearn.datasets import load_sample_image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import calibration_photos, export, random_checkpoints
-from bench.common import free_port, machine
+from bench.common import free_port, machine, photo_jpeg
 from bench.served import classify
 from server.pipeline_spec import load_spec
 from server.repository import generate
@@ -97,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=16, help="requests per measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "threads.md")
     args = parser.parse_args(argv)
-    jpeg = io.BytesIO()
-    Image.fromarray(load_sample_image("china.jpg")).save(jpeg, "JPEG", quality=90)
+    jpeg = photo_jpeg()
     folder = Path(tempfile.mkdtemp(prefix="threads-bench-"))
     rows: list[tuple] = []
     fusion_rows: list[tuple] = []
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 configure(repository, model, 1, threads)
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for concurrency in args.concurrency:
-                    rate, latency = load(triton.grpc_url, "fusion_int8", jpeg.getvalue(), concurrency, 4)
+                    rate, latency = load(triton.grpc_url, "fusion_int8", jpeg, concurrency, 4)
                     fusion_rows.append(("int8", 1, threads, concurrency, rate, latency))
                     print(f"fusion int8 {threads} threads per member, {concurrency} clients: {rate:.2f} images/s, "
                           f"{latency:.0f} ms", flush=True)
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for precision in ("fp32", "int8"):
                     for concurrency in args.concurrency:
-                        rate, latency = load(triton.grpc_url, f"fast_{precision}", jpeg.getvalue(), concurrency,
+                        rate, latency = load(triton.grpc_url, f"fast_{precision}", jpeg, concurrency,
                                              args.requests)
                         rows.append((precision, instances, threads, concurrency, rate, latency))
                         print(f"{precision} {instances}x{threads} threads, {concurrency} clients: {rate:.2f} images/s, "

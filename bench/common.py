@@ -72,3 +72,10 @@ def start_gateway(triton_url: str, timeout: float = 60) -> tuple[subprocess.Pope
         time.sleep(0.2)
     process.terminate()
     raise RuntimeError("gateway did not become ready")
+
+
+def publish(text: str, path: Path) -> None:
+    """Print a benchmark's report and keep it in bench/results/ (or wherever --out says)."""
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

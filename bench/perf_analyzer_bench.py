@@ -26,7 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from bench.common import free_port, machine, photo_jpeg, start_gateway
+from bench.common import free_port, machine, photo_jpeg, publish, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_DIR = ROOT / "build" / "perf_analyzer"
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {what} | {rate:.1f} | {rate / reference:.2f}x | {notes} | {failed} |"
               for what, rate, notes, failed in rows]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(text, args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 
-from bench.common import free_port, machine, median_ms, photo_jpeg
+from bench.common import free_port, machine, median_ms, photo_jpeg, publish
 from server.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from server.pipeline_spec import load_spec
 from server.repository import generate
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              "| what | ms/image | ratio |", "|---|---:|---|"]
     lines += [f"| {what} | {ms:.1f} | {ratio} |" for what, ms, ratio in rows]
     report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    publish(report, args.out)
     print(f"written to {args.out}")
     return 0
 

@@ -31,7 +31,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import calibration_photos, export, random_checkpoints
-from bench.common import free_port, machine, photo_jpeg
+from bench.common import free_port, machine, photo_jpeg, publish
 from bench.flops import dense_gflop
 from bench.served import images_per_second, latency_ms, process_tree_memory_mb
 from export.vgg import VGGConfig
@@ -289,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     text = report(results, notes, peaks, args)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(text, args.out)
     chart(results, args.out.with_suffix(".png"))
     print(f"written to {args.out} and {args.out.with_suffix('.png')}")
     return 0

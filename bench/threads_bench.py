@@ -28,7 +28,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import calibration_photos, export, random_checkpoints
-from bench.common import free_port, machine, photo_jpeg
+from bench.common import free_port, machine, photo_jpeg, publish
 from bench.served import classify
 from server.pipeline_spec import load_spec
 from server.repository import generate
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
              "int8 `fusion` of VGG-11, 16 and 19 at Q=256, 384, 512 (the three members run at once), one instance "
              "per member, 4 requests per row:", "", *table(fusion_rows, "instances x threads per member")]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(text, args.out)
     return 0
 
 

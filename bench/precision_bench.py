@@ -33,7 +33,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from bench.build import calibration_photos, export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, publish
 from bench.flops import dense_gflop
-from bench.served import images_per_second, latency_ms, process_tree_memory_mb
+from bench.served import latency_ms, process_tree_memory_mb, under_load
 from export.vgg import VGGConfig
 from server.imaging import rescaled_size
 
@@ -170,7 +170,7 @@ def served(suite: Suite, repository: Path, image: bytes, image_size: tuple[int, 
             for kind, (label, per_image, count) in pipelines.items():
                 for p in PRECISIONS:
                     latency = latency_ms(triton.grpc_url, f"{kind}_{p}", image, count)
-                    rate = images_per_second(triton.grpc_url, f"{kind}_{p}", image, 2 * count, concurrency)
+                    rate, _ = under_load(triton.grpc_url, f"{kind}_{p}", image, 2 * count, concurrency)
                     results.append(Result(suite.section, kind, f"served {label}", p, latency, rate, per_image))
                     print(f"served {kind}_{p}: {latency:.1f} ms, {rate:.2f} images/s", flush=True)
             resident, peaks = process_tree_memory_mb(triton.process.pid)

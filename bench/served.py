@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,22 +25,26 @@ def latency_ms(url: str, pipeline: str, image: bytes, repeats: int) -> float:
     return median_ms(lambda: classify(client, pipeline, image), repeats)
 
 
-def images_per_second(url: str, pipeline: str, image: bytes, requests: int, concurrency: int) -> float:
-    """Throughput as a server sees it: `concurrency` clients, each sending its next request when its last returns,
-    so Triton can overlap one request's decoding with another's convolutions and batch equal shapes."""
+def under_load(url: str, pipeline: str, image: bytes, requests: int, concurrency: int) -> tuple[float, float]:
+    """(images/s, median latency ms) as a server sees them: `concurrency` clients, each sending its next request when
+    its last returns, so Triton can overlap one request's decoding with another's convolutions and batch equal
+    shapes."""
     clients = [grpcclient.InferenceServerClient(url) for _ in range(concurrency)]
     per_client = max(1, requests // concurrency)
+    latencies: list[float] = []
 
     def work(client: grpcclient.InferenceServerClient) -> None:
         for _ in range(per_client):
+            start = time.perf_counter()
             classify(client, pipeline, image)
+            latencies.append((time.perf_counter() - start) * 1000)
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda c: classify(c, pipeline, image), clients))  # warm-up
+        list(pool.map(lambda c: classify(c, pipeline, image), clients))  # warm-up, every instance included
         start = time.perf_counter()
         list(pool.map(work, clients))
         elapsed = time.perf_counter() - start
-    return per_client * concurrency / elapsed
+    return len(latencies) / elapsed, statistics.median(latencies)
 
 
 def process_tree_memory_mb(pid: int) -> tuple[float, float]:

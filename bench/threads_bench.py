@@ -16,20 +16,16 @@ import argparse
 import datetime
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import calibration_photos, export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, publish
-from bench.served import classify
+from bench.served import under_load
 from server.pipeline_spec import load_spec
 from server.repository import generate
 from server.triton_launcher import TritonServer
@@ -57,25 +53,6 @@ def configure(repository: Path, model: str, instances: int, threads: int) -> Non
     config.instance_group[0].count = instances
     config.parameters["intra_op_thread_count"].string_value = str(threads)
     path.write_text(text_format.MessageToString(config))
-
-
-def load(url: str, pipeline: str, image: bytes, concurrency: int, requests: int) -> tuple[float, float]:
-    """(images/s, median latency ms) with `concurrency` clients sending `requests` in all."""
-    clients = [grpcclient.InferenceServerClient(url) for _ in range(concurrency)]
-    latencies: list[float] = []
-
-    def work(client: grpcclient.InferenceServerClient) -> None:
-        for _ in range(max(1, requests // concurrency)):
-            start = time.perf_counter()
-            classify(client, pipeline, image)
-            latencies.append((time.perf_counter() - start) * 1000)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda c: classify(c, pipeline, image), clients))  # warm-up, every instance included
-        start = time.perf_counter()
-        list(pool.map(work, clients))
-        elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, statistics.median(latencies)
 
 
 def table(rows: list[tuple], setting: str) -> list[str]:
@@ -111,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 configure(repository, model, 1, threads)
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for concurrency in args.concurrency:
-                    rate, latency = load(triton.grpc_url, "fusion_int8", jpeg, concurrency, 4)
+                    rate, latency = under_load(triton.grpc_url, "fusion_int8", jpeg, 4, concurrency)
                     fusion_rows.append(("int8", 1, threads, concurrency, rate, latency))
                     print(f"fusion int8 {threads} threads per member, {concurrency} clients: {rate:.2f} images/s, "
                           f"{latency:.0f} ms", flush=True)
@@ -121,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for precision in ("fp32", "int8"):
                     for concurrency in args.concurrency:
-                        rate, latency = load(triton.grpc_url, f"fast_{precision}", jpeg, concurrency,
-                                             args.requests)
+                        rate, latency = under_load(triton.grpc_url, f"fast_{precision}", jpeg, args.requests,
+                                                   concurrency)
                         rows.append((precision, instances, threads, concurrency, rate, latency))
                         print(f"{precision} {instances}x{threads} threads, {concurrency} clients: {rate:.2f} images/s, "
                               f"{latency:.0f} ms", flush=True)

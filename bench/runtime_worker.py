@@ -45,12 +45,11 @@ def load(args: argparse.Namespace):
         return run
     from server.runtimes import Accelerator, OnnxRuntimeRunner, SessionSettings, open_runner
 
+    settings = SessionSettings(args.threads, 1, mem_arena=not args.lean, optimized_model_cache=args.cache or "off")
     if args.runtime == "openvino":
-        runner = open_runner(args.model, Accelerator("openvino", args.precision), args.threads, 1)
+        runner = open_runner(args.model, Accelerator("openvino", args.precision), settings)
     else:
-        settings = SessionSettings(args.threads, 1, mem_arena=not args.lean,
-                                   optimized_model_cache=args.cache or "off")
-        runner = OnnxRuntimeRunner(args.model, args.threads, 1, lean=args.lean, settings=settings)
+        runner = OnnxRuntimeRunner(args.model, settings, prepacking=not args.lean)
     return lambda: runner.run(["probs"], {"image": image})
 
 

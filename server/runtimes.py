@@ -81,16 +81,14 @@ class SessionSettings:
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: str, intra_op_threads: int, inter_op_threads: int, lean: bool = False,
-                 settings: SessionSettings | None = None) -> None:
-        settings = settings or SessionSettings(intra_op_threads, inter_op_threads, mem_arena=not lean)
+    def __init__(self, path: str, settings: SessionSettings, prepacking: bool = True) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads
         options.graph_optimization_level = GRAPH_LEVELS[settings.graph_level]
         options.enable_cpu_mem_arena = settings.mem_arena
         options.log_severity_level = 3
-        if lean:  # measured alternative: no pre-packed second copy of the weights either
+        if not prepacking:  # measured alternative: no pre-packed second copy of the weights
             options.add_session_config_entry("session.disable_prepacking", "1")
         cache_dir = resolve_cache_dir(settings.optimized_model_cache, Path(path))
         self.session = open_session(Path(path), options, settings.graph_level, cache_dir)
@@ -125,10 +123,9 @@ class OpenVinoRunner:
         return [np.array(by_name[name], copy=True) for name in output_names]
 
 
-def open_runner(path: str, accelerator: Accelerator, intra_op_threads: int = 0, inter_op_threads: int = 0,
-                settings: SessionSettings | None = None) -> OnnxRuntimeRunner | OpenVinoRunner:
+def open_runner(path: str, accelerator: Accelerator,
+                settings: SessionSettings = SessionSettings()) -> OnnxRuntimeRunner | OpenVinoRunner:
     if accelerator.name == "openvino":
-        settings = settings or SessionSettings(intra_op_threads, inter_op_threads)
         return OpenVinoRunner(path, accelerator.precision, settings.intra_op_threads,
                               resolve_cache_dir(settings.optimized_model_cache, Path(path)))
-    return OnnxRuntimeRunner(path, intra_op_threads, inter_op_threads, settings=settings)
+    return OnnxRuntimeRunner(path, settings)

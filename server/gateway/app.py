@@ -11,14 +11,14 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.gateway.admission import Admission
+from server.gateway.admission import Admission, admitted
 from server.gateway.auth import bearer_auth
 from server.gateway.classifier import Classifier
 from server.gateway.config import Settings
 from server.gateway.errors import ApiError, TritonUnavailable, install_handlers
 from server.gateway.fastpath import ClassifyFastPath
 from server.gateway.metrics import GatewayMetrics, MetricsMiddleware
-from server.gateway.pipelines import Pipeline, PipelineCatalog
+from server.gateway.pipelines import PipelineCatalog
 from server.gateway.schemas import (
     BatchItem,
     BatchResponse,
@@ -90,15 +90,6 @@ def create_app(settings: Settings) -> FastAPI:
     top_k_query = Query(5, ge=1, le=settings.max_top_k, description="Number of classes to return")
     pipeline_query = Query(None, max_length=128, description="Pipeline name (default: the configured default)")
 
-    @contextlib.asynccontextmanager
-    async def admitted(request: Request, pipeline: str | None) -> AsyncIterator[Pipeline]:
-        """A queue slot and the resolved pipeline, named in the request's metrics labels as soon as it is known."""
-        request.state.pipeline = "unknown"
-        async with admission.slot():
-            chosen = await classifier.resolve(pipeline)
-            request.state.pipeline = chosen.name
-            yield chosen
-
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[auth], tags=["classify"],
               openapi_extra=_image_body(many=False),
               responses=_errors(400, 401, 404, 408, 413, 415, 422, 429, 502, 503, 504))
@@ -106,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
                        top_k: int = top_k_query) -> ClassifyResponse:
         """Classify one image: multipart field `file`, or the raw body with an image content type."""
         started = time.perf_counter()
-        async with admitted(request, pipeline) as chosen:
+        async with admitted(admission, classifier, request, pipeline) as chosen:
             part = (await read_images(request, settings.max_body_bytes, settings.body_timeout_s, 1))[0]
             if part.error:
                 raise part.error
@@ -121,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
                              top_k: int = top_k_query) -> BatchResponse:
         """Classify several images (repeated multipart field `file`); a bad image fails only its own entry."""
         started = time.perf_counter()
-        async with admitted(request, pipeline) as chosen:
+        async with admitted(admission, classifier, request, pipeline) as chosen:
             parts = await read_images(request, settings.max_body_bytes, settings.body_timeout_s,
                                       settings.max_batch_files)
             gate = asyncio.Semaphore(settings.batch_concurrency)

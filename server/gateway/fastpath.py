@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.gateway.admission import Admission
+from server.gateway.admission import Admission, admitted
 from server.gateway.classifier import Classifier
 from server.gateway.config import Settings
 from server.gateway.errors import ApiError
@@ -55,15 +55,12 @@ class ClassifyFastPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
-        state = scope.setdefault("state", {})
-        state["pipeline"] = "unknown"
         started = time.perf_counter()
         request = Request(scope, receive)
+        request.state.pipeline = "unknown"  # the metrics label, should auth refuse the request
         try:
             await self.auth(request)
-            async with self.admission.slot():
-                chosen = await self.classifier.resolve(params[0])
-                state["pipeline"] = chosen.name
+            async with admitted(self.admission, self.classifier, request, params[0]) as chosen:
                 body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
                 if not body:
                     raise ApiError(422, "invalid_image", "the image is empty")

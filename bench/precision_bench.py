@@ -1,6 +1,6 @@
 """`make bench`: FP32, bf16 and int8 against the machine's own peaks, bare and served, full-size and demo nets.
 
-    python -m bench.precision_bench [--repeats 5] [--threads 2] [--concurrency 2] [--skip-full] [--skip-demo]
+    python -m bench.precision_bench [--repeats 5] [--threads 2] [--concurrency 4] [--skip-full] [--skip-demo]
 
 1. The machine's matmul peaks per precision: the best over square sizes 1024-4096 of PyTorch's and onnxruntime's
    kernels.
@@ -170,7 +170,8 @@ def served(suite: Suite, repository: Path, image: bytes, image_size: tuple[int, 
             for kind, (label, per_image, count) in pipelines.items():
                 for p in PRECISIONS:
                     latency = latency_ms(triton.grpc_url, f"{kind}_{p}", image, count)
-                    rate, _ = under_load(triton.grpc_url, f"{kind}_{p}", image, 2 * count, concurrency)
+                    rate, _ = under_load(triton.grpc_url, f"{kind}_{p}", image, max(2 * count, 3 * concurrency),
+                                         concurrency)
                     results.append(Result(suite.section, kind, f"served {label}", p, latency, rate, per_image))
                     print(f"served {kind}_{p}: {latency:.1f} ms, {rate:.2f} images/s", flush=True)
             resident, peaks = process_tree_memory_mb(triton.process.pid)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2, help="concurrent clients for served images/s")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="concurrent clients for served images/s: 4 keep every pipeline stage busy (2 do not)")
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "precision.md")

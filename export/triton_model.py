@@ -27,6 +27,7 @@ class ServingOptions:
     instances: int = 1
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores); pipelines set it explicitly
     inter_op_threads: int = 1
+    intra_op_spinning: bool = False  # served models share the cores: see server/runtimes.py SessionSettings
     max_queue_delay_us: int = 500
 
 
@@ -44,6 +45,7 @@ def model_config(name: str, vgg: VGGConfig, normalization: Normalization, servin
     params = {
         "intra_op_thread_count": str(serving.intra_op_threads),
         "inter_op_thread_count": str(serving.inter_op_threads),
+        "intra_op_spinning": str(int(serving.intra_op_spinning)),
         "vgg.architecture": json.dumps(vgg.to_dict()),
         "vgg.normalization": json.dumps(asdict(normalization)),
         "vgg.min_input_size": str(vgg.training_size),

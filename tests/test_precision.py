@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server.imaging import ImageLimits, decode_rgb, rescale
-from server.runtimes import Accelerator, RuntimeConfigError, SessionSettings
+from server.runtimes import Accelerator, OnnxRuntimeRunner, RuntimeConfigError, SessionSettings
 from server.triton_launcher import LaunchError, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,16 @@ def test_variants_are_written_with_their_configs(variants):
     bf16 = text_format.Parse((variants / "net_bf16" / "config.pbtxt").read_text(), mc.ModelConfig())
     (accelerator,) = bf16.optimization.execution_accelerators.cpu_execution_accelerator
     assert accelerator.name == "openvino" and accelerator.parameters["precision"] == "bf16"
+
+
+def test_served_models_do_not_spin(variants):
+    """The exported config turns intra-op spinning off, and the session the backend opens from it obeys."""
+    config = text_format.Parse((variants / "net_int8" / "config.pbtxt").read_text(), mc.ModelConfig())
+    settings = SessionSettings.from_model_config(
+        {"parameters": {k: {"string_value": v.string_value} for k, v in config.parameters.items()}})
+    assert config.parameters["intra_op_spinning"].string_value == "0" and not settings.spinning
+    runner = OnnxRuntimeRunner(str(variants / "net_int8" / "1" / "model.onnx"), settings)
+    assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_served_variants_agree_with_fp32(variants, sample_images, tmp_path):
@@ -97,7 +107,9 @@ def test_accelerator_config_is_read_like_the_native_backend():
         {"name": "openvino", "parameters": {"precision": "BF16"}}]}, "graph": {"level": -1}},
         "parameters": {"intra_op_thread_count": {"string_value": "3"}, "enable_mem_arena": {"string_value": "0"}}}
     assert Accelerator.from_model_config(config) == Accelerator("openvino", "bf16")
-    assert SessionSettings.from_model_config(config) == SessionSettings(3, 0, False, -1, "auto")
+    assert SessionSettings.from_model_config(config) == SessionSettings(3, 0, False, -1, "auto", spinning=False)
+    spinning = {"parameters": {"intra_op_spinning": {"string_value": "1"}}}
+    assert SessionSettings.from_model_config(spinning).spinning
     assert Accelerator.from_model_config({}) == Accelerator()
     with pytest.raises(RuntimeConfigError, match="unsupported cpu_execution_accelerator 'tensorrt'"):
         Accelerator.from_model_config({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [

@@ -21,7 +21,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     VGG_GATEWAY_HOST=0.0.0.0 \
     VGG_GATEWAY_PORT=8080 \
-    VGG_GATEWAY_TRITON_URLS=127.0.0.1:8001
+    VGG_GATEWAY_TRITON_URLS=127.0.0.1:8000
 
 # Same pins as requirements.txt. numpy < 2: the Python backend stub is built against numpy 1.x.
 RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 uvloop==0.23.0 httptools==0.9.0 \

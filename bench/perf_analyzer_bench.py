@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             (images / f"{index:05d}.jpg").write_bytes(image)
         with TritonServer(folder / "repository", free_port(), free_port(), free_port(),
                           log_path=folder / "triton.log") as triton:
-            gateway, gateway_url = start_gateway(triton.grpc_url)
+            gateway, gateway_url = start_gateway(triton.http_url)
             try:
                 rate, p50 = perf_analyzer(binary, triton.grpc_url, args.pipeline, image, args.concurrency, folder)
                 rows.append(("perf_analyzer, gRPC to Triton", rate, f"{p50:.1f} ms p50", 0))

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     triton = server_from_args(args)
     if not start_reporting(triton, "serve"):
         return 1
-    gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.grpc_url,
+    gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.http_url,
                                 "--host", args.address, "--port", str(args.gateway_port)])
     print(f"Gateway starting on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
           flush=True)

@@ -98,7 +98,7 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory, triton_urls: Sequenc
 @pytest.fixture(scope="session")
 def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway in front of the session's Triton, default settings, no API keys (loopback)."""
-    server = start_gateway(tmp_path_factory, [triton.grpc_url], wait_ready=True)
+    server = start_gateway(tmp_path_factory, [triton.http_url], wait_ready=True)
     yield server
     server.stop()
 
@@ -106,7 +106,7 @@ def gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
 @pytest.fixture(scope="session")
 def secured_gateway(triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway requiring one of two API keys, the second given through the environment."""
-    server = start_gateway(tmp_path_factory, [triton.grpc_url], "--api-key", "key-one",
+    server = start_gateway(tmp_path_factory, [triton.http_url], "--api-key", "key-one",
                            env={"VGG_GATEWAY_API_KEYS": "key-two"}, wait_ready=True)
     yield server
     server.stop()

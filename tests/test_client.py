@@ -77,7 +77,7 @@ def test_pipelines_and_batch(gateway, sample_images):
 
 
 def test_retries_on_429_until_served(triton, tmp_path_factory, sample_images):
-    server = start_gateway(tmp_path_factory, [triton.grpc_url], "--max-inflight", "1", "--max-queue", "0",
+    server = start_gateway(tmp_path_factory, [triton.http_url], "--max-inflight", "1", "--max-queue", "0",
                            wait_ready=True)
     try:
         data = sample_images["china_500x333.jpg"]
@@ -95,7 +95,7 @@ def test_retries_on_429_until_served(triton, tmp_path_factory, sample_images):
 
 
 def test_retries_connection_errors_until_the_gateway_is_up(triton, tmp_path_factory, sample_images):
-    gateway = Gateway([triton.grpc_url], log_path=tmp_path_factory.mktemp("late") / "gateway.log")
+    gateway = Gateway([triton.http_url], log_path=tmp_path_factory.mktemp("late") / "gateway.log")
     threading.Timer(0.5, gateway.start).start()
     try:
         with Client(gateway.url, retry=RetryPolicy(attempts=30, base_delay_s=0.2, max_delay_s=0.5)) as client:

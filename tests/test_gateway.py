@@ -68,7 +68,7 @@ def png_bomb(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def limited_gateway(triton, tmp_path_factory):
     """Small limits, so the limit paths run with small inputs."""
-    server = start_gateway(tmp_path_factory, [triton.grpc_url], "--max-body-bytes", "100000",
+    server = start_gateway(tmp_path_factory, [triton.http_url], "--max-body-bytes", "100000",
                            "--max-batch-files", "2", "--max-inflight", "1", "--max-queue", "1",
                            "--queue-timeout-s", "0.5", "--body-timeout-s", "2", wait_ready=True)
     yield server
@@ -264,7 +264,7 @@ def test_slow_body_is_408(limited_gateway, sample_images):
 
 
 def test_triton_timeout_is_504(triton, tmp_path_factory, sample_images):
-    server = start_gateway(tmp_path_factory, [triton.grpc_url], "--triton-timeout-s", "0.001", wait_ready=True)
+    server = start_gateway(tmp_path_factory, [triton.http_url], "--triton-timeout-s", "0.001", wait_ready=True)
     try:
         response = httpx.post(server.url + "/v1/classify", params={"pipeline": "fusion"},
                               content=sample_images["rocket_1000x224.png"], headers={"content-type": "image/png"},

@@ -32,7 +32,7 @@ def test_requests_spread_over_replicas_and_survive_one_dying(triton, triton_repo
     replica = TritonServer(triton_repository, free_port(), free_port(), free_port(), log_path=log).start()
     gateway = None
     try:
-        gateway = start_gateway(tmp_path_factory, [triton.grpc_url, replica.grpc_url], "--health-interval-s", "0.2",
+        gateway = start_gateway(tmp_path_factory, [triton.http_url, replica.http_url], "--health-interval-s", "0.2",
                                 wait_ready=True)
         before = {url: triton_successes(url, "fast") for url in (triton.metrics_url, replica.metrics_url)}
         images = list(sample_images.values())
@@ -63,12 +63,12 @@ def test_requests_spread_over_replicas_and_survive_one_dying(triton, triton_repo
         assert after_survivor > before[triton.metrics_url]
         # the replica served its share before it died (Triton's own counters; it is dead now, so via the gateway)
         assert metric_value(gateway.url, "vgg_gateway_triton_endpoint_up") == 1  # one of two is up
-        assert metric_value(gateway.url, "vgg_gateway_triton_errors_total", endpoint=replica.grpc_url) >= 1
+        assert metric_value(gateway.url, "vgg_gateway_triton_errors_total", endpoint=replica.http_url) >= 1
         assert after_survivor - before[triton.metrics_url] < 60  # the survivor did not serve everything
         ready = httpx.get(gateway.url + "/readyz", timeout=30)
         assert ready.status_code == 200
-        assert {e["url"]: e["ready"] for e in ready.json()["endpoints"]} == {triton.grpc_url: True,
-                                                                             replica.grpc_url: False}
+        assert {e["url"]: e["ready"] for e in ready.json()["endpoints"]} == {triton.http_url: True,
+                                                                             replica.http_url: False}
     finally:
         if gateway:
             gateway.stop()
@@ -79,7 +79,7 @@ def test_a_restarted_replica_rejoins(triton, triton_repository, tmp_path_factory
     """A replica that is down when the gateway starts is used as soon as it comes up."""
     ports = (free_port(), free_port(), free_port())
     replica = TritonServer(triton_repository, *ports, log_path=tmp_path_factory.mktemp("late") / "triton.log")
-    gateway = start_gateway(tmp_path_factory, [replica.grpc_url], "--health-interval-s", "0.2")
+    gateway = start_gateway(tmp_path_factory, [replica.http_url], "--health-interval-s", "0.2")
     try:
         data = sample_images["china_500x333.jpg"]
         down = httpx.post(gateway.url + "/v1/classify", content=data, headers={"content-type": "image/jpeg"})

@@ -194,6 +194,6 @@ def create_app(settings: Settings) -> FastAPI:
 async def _model_ready(endpoints: list[Endpoint], name: str, timeout_s: float) -> bool:
     for endpoint in endpoints:
         with contextlib.suppress(Exception):
-            if await endpoint.client.is_model_ready(name, client_timeout=min(timeout_s, 2.0)):
+            if await asyncio.wait_for(endpoint.client.is_model_ready(name), min(timeout_s, 2.0)):
                 return True
     return False

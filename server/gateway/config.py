@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 class Settings:
     """Everything the gateway needs to know; immutable once the app is built."""
 
-    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    triton_urls: tuple[str, ...] = ("127.0.0.1:8000",)
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: frozenset[str] = field(default_factory=frozenset)
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTTP gateway in front of one or more Triton servers serving the VGG pipelines. "
                     f"Every flag also reads an environment variable {ENV_PREFIX}<NAME> (e.g. {ENV_PREFIX}PORT).")
     parser.add_argument("--triton-url", action="append", dest="triton_urls", metavar="HOST:PORT",
-                        help="Triton gRPC endpoint; repeat for replicas (env TRITON_URLS, comma-separated)")
+                        help="Triton HTTP endpoint; repeat for replicas (env TRITON_URLS, comma-separated)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int)
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="TOKEN",

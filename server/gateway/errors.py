@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from tritonclient.utils import InferenceServerException
+
+from server.gateway.triton_http import TritonHttpError
 
 log = logging.getLogger("server.gateway")
 
@@ -22,8 +23,6 @@ _IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DO
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 413: "payload_too_large",
                415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded"}
-# gRPC statuses meaning "this endpoint did not handle the request": safe to retry elsewhere (inference is pure).
-RETRYABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
 
 
 class ApiError(Exception):
@@ -50,21 +49,17 @@ class TritonUnavailable(ApiError):
         super().__init__(503, "triton_unavailable", message, {"Retry-After": str(retry_after)})
 
 
-def from_triton(exc: InferenceServerException) -> ApiError:
-    """Translate a Triton error: the image's own faults to 4xx, timeouts to 504, the rest to 502."""
-    message = exc.message() or str(exc)
-    status = exc.status() or ""
-    found = _IMAGE_CODE.search(message)
+def from_triton(exc: TritonHttpError) -> ApiError:
+    """Translate a Triton error: the image's own faults to 4xx, an unavailable server to 503, the rest to 502."""
+    found = _IMAGE_CODE.search(exc.message)
     if found:
         code = found.group(1)
         return ApiError(_IMAGE_ERRORS[code], code, found.group(2).strip() or code.replace("_", " "))
-    if status == "StatusCode.DEADLINE_EXCEEDED":
-        return ApiError(504, "triton_timeout", "the inference server did not answer in time")
-    if status in RETRYABLE_STATUSES:
+    if exc.status == 503:
         return TritonUnavailable()
-    if status == "StatusCode.INVALID_ARGUMENT":
-        return ApiError(422, "invalid_image", _first_line(message))
-    log.warning("Triton error %s: %s", status, message)
+    if exc.status == 400:
+        return ApiError(422, "invalid_image", _first_line(exc.message))
+    log.warning("Triton error %s: %s", exc.status, exc.message)
     return ApiError(502, "triton_error", "the inference server failed to process the request")
 
 

@@ -13,10 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException
-
-from server.gateway.errors import from_triton
+from server.gateway.errors import ApiError, from_triton
+from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import TritonPool
 
 log = logging.getLogger("server.gateway")
@@ -102,9 +100,11 @@ class PipelineCatalog:
             if not force and not self.stale():
                 return self.pipelines
             try:
-                self.pipelines = await self.pool.call(self._load)
-            except InferenceServerException as exc:
+                self.pipelines = await asyncio.wait_for(self.pool.call(self._load), self.timeout_s)
+            except TritonHttpError as exc:
                 raise from_triton(exc) from None
+            except TimeoutError:
+                raise ApiError(504, "triton_timeout", "the inference server did not list its models in time") from None
             self.loaded_at = time.monotonic()
             return self.pipelines
 
@@ -129,18 +129,16 @@ class PipelineCatalog:
         except Exception as exc:  # keep serving the cached catalog; the next request tries again
             log.warning("pipeline catalog refresh failed: %s", exc)
 
-    async def _load(self, client: grpcclient.InferenceServerClient) -> dict[str, Pipeline]:
-        index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+    async def _load(self, client: TritonHttpClient) -> dict[str, Pipeline]:
         ready: dict[str, list[str]] = {}
-        for model in index.get("models", []):
+        for model in await client.repository_index():
             if model.get("state") == "READY":
                 ready.setdefault(model["name"], []).append(str(model.get("version", "")))
-        configs = await asyncio.gather(*(
-            client.get_model_config(name, as_json=True, client_timeout=self.timeout_s) for name in sorted(ready)))
+        configs = await asyncio.gather(*(client.model_config(name) for name in sorted(ready)))
         found: dict[str, Pipeline] = {}
-        for response in configs:
+        for config in configs:
             try:
-                pipeline = parse_pipeline(response.get("config", {}), ready)
+                pipeline = parse_pipeline(config, ready)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring model with an unreadable %s: %s", SPEC_PARAMETER, exc)
                 continue

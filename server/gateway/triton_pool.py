@@ -1,4 +1,4 @@
-"""A pool of Triton gRPC endpoints: spreads calls over the healthy ones and fails over when one dies.
+"""A pool of Triton endpoints: spreads calls over the healthy ones and fails over when one dies.
 
 Inference is a pure function of the image, so a call that an endpoint did not complete (connection refused or
 reset, server stopping) is retried on the next endpoint; timeouts are not retried, they would only double the wait.
@@ -15,27 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import grpc
-import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
-
-from server.gateway.errors import RETRYABLE_STATUSES, TritonUnavailable
+from server.gateway.errors import TritonUnavailable
+from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreachable
 
 log = logging.getLogger("server.gateway")
 T = TypeVar("T")
-MAX_MESSAGE = 2**31 - 1
-# Fast reconnects: grpc's default backoff grows to minutes, which would keep a restarted replica out of rotation.
-CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 30000),
-    ("grpc.keepalive_timeout_ms", 10000),
-    ("grpc.enable_retries", 0),
-]
+RETRYABLE_STATUSES = {503}  # Triton stopping or not yet serving: another replica may answer
 
 
 @dataclass
@@ -43,11 +28,7 @@ class Endpoint:
     """One Triton server and what the gateway believes about it."""
 
     url: str
-    client: grpcclient.InferenceServerClient
-    # Inference goes through the generated stub on a channel of its own, with prebuilt protobuf requests
-    # (see classifier.py); tritonclient's client serves probes and metadata.
-    channel: grpc.aio.Channel | None = field(default=None, repr=False)
-    stub: service_pb2_grpc.GRPCInferenceServiceStub | None = field(default=None, repr=False)
+    client: TritonHttpClient = field(repr=False)
     healthy: bool = True
     inflight: int = 0
     failures: int = 0
@@ -65,17 +46,6 @@ class Endpoint:
             self.on_state(self)
 
 
-def status_name(exc: InferenceServerException) -> str:
-    """'unavailable', 'deadline_exceeded', ...: a bounded label for metrics."""
-    return (exc.status() or "StatusCode.UNKNOWN").removeprefix("StatusCode.").lower()
-
-
-def is_retryable(exc: InferenceServerException) -> bool:
-    status = exc.status() or ""
-    message = (exc.message() or "").lower()
-    return status in RETRYABLE_STATUSES or (status == "StatusCode.UNKNOWN" and "socket closed" in message)
-
-
 class TritonPool:
     """Round-robin over healthy endpoints, every endpoint tried at most once per call."""
 
@@ -91,13 +61,8 @@ class TritonPool:
         self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self, health_interval_s: float) -> None:
-        """Open one channel per endpoint (inside the serving loop: grpc.aio binds to it) and start probing."""
-        self.endpoints = []
-        for url in self.urls:
-            channel = grpc.aio.insecure_channel(url, options=CHANNEL_ARGS)
-            self.endpoints.append(Endpoint(url, grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS),
-                                           channel, service_pb2_grpc.GRPCInferenceServiceStub(channel),
-                                           on_state=self._on_state))
+        """Probe every endpoint once, then keep probing in the background."""
+        self.endpoints = [Endpoint(url, TritonHttpClient(url), on_state=self._on_state) for url in self.urls]
         await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_forever(health_interval_s), name="triton-probe")
 
@@ -107,20 +72,16 @@ class TritonPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
         for endpoint in self.endpoints:
-            with contextlib.suppress(Exception):
-                await endpoint.client.close()
-            if endpoint.channel is not None:
-                with contextlib.suppress(Exception):
-                    await endpoint.channel.close()
+            await endpoint.client.close()
 
     async def probe(self, endpoint: Endpoint) -> bool:
         try:
-            ready = await endpoint.client.is_server_ready(client_timeout=self.probe_timeout_s)
-        except InferenceServerException as exc:
-            endpoint.mark(False, exc.message() or str(exc.status()))
+            ready = await asyncio.wait_for(endpoint.client.is_ready(), self.probe_timeout_s)
+        except (Unreachable, TimeoutError) as exc:
+            endpoint.mark(False, str(exc) or "no answer to the readiness probe")
             return False
-        endpoint.mark(bool(ready), "" if ready else "server not ready")
-        return bool(ready)
+        endpoint.mark(ready, "" if ready else "server not ready")
+        return ready
 
     async def probe_all(self) -> list[bool]:
         return list(await asyncio.gather(*(self.probe(ep) for ep in self.endpoints)))
@@ -145,31 +106,19 @@ class TritonPool:
             up = up[start:] + up[:start]
         return up + down
 
-    async def call(self, fn: Callable[[grpcclient.InferenceServerClient], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[TritonHttpClient], Awaitable[T]]) -> T:
         """Run ``fn`` on one endpoint; on a connection-level failure, on the next; TritonUnavailable if none can."""
-        return await self._call(lambda endpoint: fn(endpoint.client))
-
-    async def infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
-        """One ModelInfer call, spread and failed over like ``call``; gRPC errors as InferenceServerException."""
-        async def model_infer(endpoint: Endpoint) -> service_pb2.ModelInferResponse:
-            try:
-                return await endpoint.stub.ModelInfer(request)
-            except grpc.RpcError as exc:  # the same translation as tritonclient's
-                raise InferenceServerException(msg=exc.details(), status=str(exc.code()),
-                                               debug_details=exc.debug_error_string()) from None
-        return await self._call(model_infer)
-
-    async def _call(self, fn: Callable[[Endpoint], Awaitable[T]]) -> T:
         for endpoint in self._order():
             endpoint.inflight += 1
             try:
-                result = await fn(endpoint)
-            except InferenceServerException as exc:
+                result = await fn(endpoint.client)
+            except (Unreachable, TritonHttpError) as exc:
+                code = exc.name if isinstance(exc, TritonHttpError) else "unreachable"
                 if self._on_error:
-                    self._on_error(endpoint.url, status_name(exc))
-                if not is_retryable(exc):
+                    self._on_error(endpoint.url, code)
+                if isinstance(exc, TritonHttpError) and exc.status not in RETRYABLE_STATUSES:
                     raise
-                endpoint.mark(False, exc.message() or str(exc.status()))
+                endpoint.mark(False, str(exc))
                 continue
             finally:
                 endpoint.inflight -= 1

@@ -1,0 +1,126 @@
+"""The gateway's HTTP client for Triton, on the connection edge cases a live Triton rarely produces on demand:
+keep-alive connections the server closed while idle, refused connections, malformed answers, error statuses.
+(Against the real Triton it is exercised by every gateway test, fail-over included.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreachable, classification_request
+
+
+async def serve(handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    return head, await reader.readexactly(length)
+
+
+def response(status: int, body: bytes) -> bytes:
+    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status, len(body), body)
+
+
+def test_a_connection_closed_while_idle_is_replaced_transparently():
+    async def main() -> None:
+        connections = 0
+
+        async def one_answer_then_close(reader, writer):  # keep-alive promised, then dropped
+            nonlocal connections
+            connections += 1
+            await read_request(reader)
+            writer.write(response(200, b'{"ok": true}'))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+
+        server, url = await serve(one_answer_then_close)
+        client = TritonHttpClient(url)
+        assert await client.get_json("/v2") == {"ok": True}
+        await asyncio.sleep(0.2)  # the server has closed the pooled connection by now
+        assert await client.get_json("/v2") == {"ok": True}
+        assert connections == 2
+        await client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_keep_alive_connections_are_reused():
+    async def main() -> None:
+        connections = 0
+
+        async def keep_alive(reader, writer):
+            nonlocal connections
+            connections += 1
+            while True:
+                try:
+                    await read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                writer.write(response(200, b"[]"))
+
+        server, url = await serve(keep_alive)
+        client = TritonHttpClient(url)
+        for _ in range(5):
+            assert await client.repository_index() == []
+        assert connections == 1
+        await client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_refused_and_garbled_answers_are_unreachable():
+    async def main() -> None:
+        server, url = await serve(lambda r, w: None)
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(Unreachable, match="cannot connect"):
+            await TritonHttpClient(url).is_ready()
+
+        async def garbage(reader, writer):
+            await read_request(reader)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+
+        server, url = await serve(garbage)
+        with pytest.raises(Unreachable, match="malformed HTTP response"):
+            await TritonHttpClient(url).is_ready()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_error_statuses_carry_tritons_message_and_a_bounded_name():
+    async def main() -> None:
+        async def rejects(reader, writer):
+            head, body = await read_request(reader)
+            assert b"Inference-Header-Content-Length: " in head
+            header_length = int(head.split(b"Inference-Header-Content-Length: ")[1].split(b"\r\n")[0])
+            header = json.loads(body[:header_length])
+            assert header["inputs"][0]["parameters"]["binary_data_size"] == len(body) - header_length
+            assert header["outputs"][0]["parameters"]["classification"] == 3
+            writer.write(response(400, b'{"error": "[invalid_image] not a supported image"}'))
+
+        server, url = await serve(rejects)
+        with pytest.raises(TritonHttpError) as caught:
+            await TritonHttpClient(url).classify("fast", "image", "probs", b"not an image", 3)
+        assert caught.value.status == 400 and caught.value.name == "invalid_argument"
+        assert caught.value.message == "[invalid_image] not a supported image"
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_classification_request_frames_the_bytes_element():
+    body, header_length = classification_request("image", "probs", b"abc", 5)
+    assert body[header_length:] == b"\x03\x00\x00\x00abc"
+    assert json.loads(body[:header_length])["inputs"][0]["datatype"] == "BYTES"

@@ -2,9 +2,10 @@
 connections, httptools for parsing, and the binary tensor extension for the image.
 
 Why not tritonclient: its asyncio clients cost about 0.9 ms of CPU per inference on the 2-core dev machine (aiohttp
-or grpc.aio, plus numpy tensor wrappers), and its gRPC one about 0.45 ms even through the bare generated stub. A
-request here is one preformatted write and one parse: about 0.2 ms (bench/results/gateway.md). On a 2-core machine
-every such millisecond is taken from Triton.
+or grpc.aio, plus numpy tensor wrappers), and about 0.45 ms even through the bare generated gRPC stub. A request
+here is one preformatted write and one parse; measured side by side, the whole gateway spends 0.55 ms of CPU per
+request with it against 0.85 ms with the gRPC stub (bench/results/gateway.md), and on a 2-core machine every such
+millisecond is taken from Triton.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import httptools
 
 MAX_IDLE_CONNECTIONS = 64
 # Triton's statuses for the errors its HTTP frontend reports, as the bounded labels the metrics use.
-STATUS_NAMES = {400: "invalid_argument", 404: "not_found", 409: "already_exists", 429: "unavailable",
-                500: "internal", 501: "unimplemented", 503: "unavailable"}
+STATUS_NAMES = {400: "invalid_argument", 404: "not_found", 500: "internal", 501: "unimplemented", 503: "unavailable"}
 
 
 class Unreachable(Exception):

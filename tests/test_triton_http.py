@@ -124,3 +124,53 @@ def test_classification_request_frames_the_bytes_element():
     body, header_length = classification_request("image", "probs", b"abc", 5)
     assert body[header_length:] == b"\x03\x00\x00\x00abc"
     assert json.loads(body[:header_length])["inputs"][0]["datatype"] == "BYTES"
+
+
+def test_the_pool_fails_over_on_unavailable_but_not_on_a_rejected_image():
+    """503 (Triton stopping, model unavailable) goes to the next endpoint; 400 is the image's fault: no retry."""
+    from server.gateway.triton_pool import TritonPool
+
+    def fake_triton(infer_status: int, infer_body: bytes, calls: list[str]):
+        async def handler(reader, writer):
+            while True:
+                try:
+                    head, _ = await read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                path = head.split(b" ")[1].decode()
+                calls.append(path)
+                if path.endswith("/infer"):
+                    writer.write(response(infer_status, infer_body))
+                else:
+                    writer.write(response(200, b"{}"))
+        return handler
+
+    async def main() -> None:
+        stopping, healthy, rejecting = [], [], []
+        answer = b'{"outputs": [{"name": "probs", "data": ["0.9:3:three"]}]}'
+        servers = [await serve(fake_triton(503, b'{"error": "Server is stopping"}', stopping)),
+                   await serve(fake_triton(200, answer, healthy)),
+                   await serve(fake_triton(400, b'{"error": "[invalid_image] truncated"}', rejecting))]
+        errors: list[tuple[str, str]] = []
+        pool = TritonPool([url for _, url in servers[:2]], on_error=lambda url, code: errors.append((url, code)))
+        await pool.start(health_interval_s=60)
+        for _ in range(2):  # round robin: one of the two calls starts on the stopping endpoint
+            result = await pool.call(lambda c: c.classify("fast", "image", "probs", b"jpeg", 1))
+            assert result == ["0.9:3:three"]
+        assert errors == [(servers[0][1], "unavailable")]
+        assert [ep.healthy for ep in pool.endpoints] == [False, True]
+        await pool.close()
+
+        pool = TritonPool([servers[2][1], servers[1][1]])
+        await pool.start(health_interval_s=60)
+        with pytest.raises(TritonHttpError, match="truncated"):
+            await pool.call(lambda c: c.classify("fast", "image", "probs", b"jpeg", 1))
+        infers = [path for path in healthy if path.endswith("/infer")]
+        assert len(infers) == 2  # the rejected image was not sent on to the healthy endpoint
+        await pool.close()
+        await asyncio.sleep(0.05)  # the fake servers see their connections close
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

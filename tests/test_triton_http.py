@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +28,20 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 def response(status: int, body: bytes) -> bytes:
     return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
         status, len(body), body)
+
+
+def keep_alive(reply: Callable[[str], bytes], connections: list[None] | None = None):
+    """A fake server's connection handler: answers every request on the connection with reply(path), until EOF."""
+    async def handler(reader, writer):
+        if connections is not None:
+            connections.append(None)
+        while True:
+            try:
+                head, _ = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(reply(head.split(b" ")[1].decode()))
+    return handler
 
 
 def test_a_connection_closed_while_idle_is_replaced_transparently():
@@ -56,23 +71,12 @@ def test_a_connection_closed_while_idle_is_replaced_transparently():
 
 def test_keep_alive_connections_are_reused():
     async def main() -> None:
-        connections = 0
-
-        async def keep_alive(reader, writer):
-            nonlocal connections
-            connections += 1
-            while True:
-                try:
-                    await read_request(reader)
-                except asyncio.IncompleteReadError:
-                    return
-                writer.write(response(200, b"[]"))
-
-        server, url = await serve(keep_alive)
+        connections: list[None] = []
+        server, url = await serve(keep_alive(lambda path: response(200, b"[]"), connections))
         client = TritonHttpClient(url)
         for _ in range(5):
             assert await client.repository_index() == []
-        assert connections == 1
+        assert len(connections) == 1
         await client.close()
         server.close()
 
@@ -131,19 +135,10 @@ def test_the_pool_fails_over_on_unavailable_but_not_on_a_rejected_image():
     from server.gateway.triton_pool import TritonPool
 
     def fake_triton(infer_status: int, infer_body: bytes, calls: list[str]):
-        async def handler(reader, writer):
-            while True:
-                try:
-                    head, _ = await read_request(reader)
-                except asyncio.IncompleteReadError:
-                    return
-                path = head.split(b" ")[1].decode()
-                calls.append(path)
-                if path.endswith("/infer"):
-                    writer.write(response(infer_status, infer_body))
-                else:
-                    writer.write(response(200, b"{}"))
-        return handler
+        def reply(path: str) -> bytes:
+            calls.append(path)
+            return response(infer_status, infer_body) if path.endswith("/infer") else response(200, b"{}")
+        return keep_alive(reply)
 
     async def main() -> None:
         stopping, healthy, rejecting = [], [], []

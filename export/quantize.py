@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from server.imaging import ImageLimits, ImageRejected, decode_rgb, rescale
 from server.runtimes import Accelerator, Runner, open_runner
 
+FIRST_CONV_CHANNELS = 8  # conv1_1 in int8: 2.3 ms with 3 input channels, 1.2 ms with 8 (VGG-16 at 224x336)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 HOLDOUT_FRACTION = 0.25
 
@@ -88,6 +91,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Path, training_
         raise QuantizationError(f"{calibration}: none of the calibration images could be decoded")
     prepared = int8_path.with_name("prepared.onnx")  # shape-inferred and optimised, as onnxruntime recommends
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    pad_first_conv(model, FIRST_CONV_CHANNELS)
+    onnx.save(model, str(prepared))
+    del model
     quantize_static(str(prepared), str(int8_path), _Reader(views), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MaxPool", "Relu"], nodes_to_exclude=["fc8"],
@@ -96,6 +103,23 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Path, training_
     return agreement(lambda: open_runner(str(fp32_path), Accelerator()),
                      lambda: open_runner(str(int8_path), Accelerator()),
                      held_out, [training_size, training_size * 3 // 2], "int8")
+
+
+def pad_first_conv(model: onnx.ModelProto, channels: int) -> None:
+    """Widen the RGB conv to `channels` inputs with zero weights fed by zero channels: the same outputs, but an
+    int8 kernel with K = 9 x 8 instead of the 27 that leaves the VNNI units mostly idle."""
+    weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    index, conv = next((i, n) for i, n in enumerate(model.graph.node)
+                       if n.op_type == "Conv" and n.input[1] in weights and weights[n.input[1]].dims[1] == 3)
+    weight = numpy_helper.to_array(weights[conv.input[1]])
+    padded = np.zeros((weight.shape[0], channels, *weight.shape[2:]), dtype=weight.dtype)
+    padded[:, :3] = weight
+    weights[conv.input[1]].CopyFrom(numpy_helper.from_array(padded, conv.input[1]))
+    pads = f"{conv.name}_channel_pads"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, channels - 3, 0, 0]), pads))
+    widened = f"{conv.input[0]}_{channels}ch"
+    model.graph.node.insert(index, helper.make_node("Pad", [conv.input[0], pads], [widened], f"{conv.name}_pad"))
+    conv.input[0] = widened
 
 
 def check_bf16(onnx_path: Path, images: Path, training_size: int) -> Agreement:

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 
 import pytest
+import uvloop
 
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreachable, classification_request
 
@@ -67,6 +68,29 @@ def test_a_connection_closed_while_idle_is_replaced_transparently():
         server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_the_server_reset_before_the_request_is_unreachable(loop):
+    """A dying Triton can accept a connection and reset it at once: the request must fail over, not crash (uvloop
+    raises on the write) or wait forever (asyncio drops the write)."""
+    async def main() -> None:
+        async def accept_and_close(reader, writer):
+            writer.close()
+
+        server, url = await serve(accept_and_close)
+        client = TritonHttpClient(url)
+        connection = await client._connect()
+        for _ in range(100):
+            if connection.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert connection.closed
+        with pytest.raises(Unreachable, match="closed before the request was sent"):
+            await asyncio.wait_for(client._send(connection, b"GET / HTTP/1.1\r\n\r\n"), 5)
+        server.close()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(main())
 
 
 def test_keep_alive_connections_are_reused():

@@ -78,10 +78,15 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(error)
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.closed:  # a dying server may accept and reset before the first write
+            raise Unreachable("connection closed before the request was sent")
         self.waiter = asyncio.get_running_loop().create_future()
         self.chunks = []
         self.reusable = False
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except (RuntimeError, OSError) as exc:  # uvloop: "unable to perform operation on ... closed"
+            raise Unreachable(f"connection closed before the request was sent ({exc})") from None
         return await self.waiter
 
     def close(self) -> None:

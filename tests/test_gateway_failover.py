@@ -61,10 +61,11 @@ def test_requests_spread_over_replicas_and_survive_one_dying(triton, triton_repo
         assert failures == [], failures
         after_survivor = triton_successes(triton.metrics_url, "fast")
         assert after_survivor > before[triton.metrics_url]
-        # the replica served its share before it died (Triton's own counters; it is dead now, so via the gateway)
         assert metric_value(gateway.url, "vgg_gateway_triton_endpoint_up") == 1  # one of two is up
-        assert metric_value(gateway.url, "vgg_gateway_triton_errors_total", endpoint=replica.http_url) >= 1
-        assert after_survivor - before[triton.metrics_url] < 60  # the survivor did not serve everything
+        # the replica served its share before it died (it is dead now, so counted as what the survivor did not
+        # serve); whether a request or the health probe met the dead replica first is a race, so no assertion on
+        # the gateway's error counter here (tests/test_triton_http.py covers each way a connection can die)
+        assert after_survivor - before[triton.metrics_url] < 60
         ready = httpx.get(gateway.url + "/readyz", timeout=30)
         assert ready.status_code == 200
         assert {e["url"]: e["ready"] for e in ready.json()["endpoints"]} == {triton.http_url: True,

@@ -55,7 +55,7 @@ def from_triton(exc: TritonHttpError) -> ApiError:
     if found:
         code = found.group(1)
         return ApiError(_IMAGE_ERRORS[code], code, found.group(2).strip() or code.replace("_", " "))
-    if exc.status == 503:
+    if exc.unavailable:
         return TritonUnavailable()
     if exc.status == 400:
         return ApiError(422, "invalid_image", _first_line(exc.message))

@@ -39,6 +39,11 @@ class TritonHttpError(Exception):
     def name(self) -> str:
         return STATUS_NAMES.get(self.status, f"http_{self.status}")
 
+    @property
+    def unavailable(self) -> bool:
+        """Triton stopping or not yet serving: another replica may answer (inference is pure, so retry there)."""
+        return self.status == 503
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""

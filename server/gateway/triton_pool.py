@@ -20,7 +20,6 @@ from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreac
 
 log = logging.getLogger("server.gateway")
 T = TypeVar("T")
-RETRYABLE_STATUSES = {503}  # Triton stopping or not yet serving: another replica may answer
 
 
 @dataclass
@@ -116,7 +115,7 @@ class TritonPool:
                 code = exc.name if isinstance(exc, TritonHttpError) else "unreachable"
                 if self._on_error:
                     self._on_error(endpoint.url, code)
-                if isinstance(exc, TritonHttpError) and exc.status not in RETRYABLE_STATUSES:
+                if isinstance(exc, TritonHttpError) and not exc.unavailable:
                     raise
                 endpoint.mark(False, str(exc))
                 continue

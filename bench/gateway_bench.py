@@ -20,7 +20,6 @@ Processes it did not start are measured when given with --gateway-pid / --triton
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -34,34 +33,7 @@ from urllib.parse import urlencode, urlsplit
 import numpy as np
 
 from bench.common import free_port, machine, photo_jpeg, start_gateway
-from server.gateway.triton_http import classification_request
-
-
-def keep_alive_poster(host: str, port: int, path: str, body: bytes, headers: dict[str, str],
-                      server: str) -> Callable[[], None]:
-    """A call that POSTs `body` over one keep-alive connection with the standard library's client.
-
-    Not httpx: measured here, httpx spends about 1.5 ms of CPU per request against 0.5 ms for http.client (and
-    0.7 ms for tritonclient gRPC), and on a small machine that client CPU, not the gateway, ended up in
-    the gateway's figures.
-    """
-    connection = http.client.HTTPConnection(host, port, timeout=120)
-
-    def call() -> None:
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{server} answered {response.status}: {payload[:200]!r}")
-    return call
-
-
-def direct_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:
-    """The gateway's own request to Triton's HTTP endpoint (server/gateway/triton_http.py), sent from here."""
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    body, header_length = classification_request("image", "probs", data, top_k)
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(header_length)}
-    return keep_alive_poster(host, int(port), f"/v2/models/{pipeline}/infer", body, headers, "Triton")
+from bench.served import direct_caller, keep_alive_poster
 
 
 def gateway_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 configure(repository, model, 1, threads)
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for concurrency in args.concurrency:
-                    rate, latency = under_load(triton.grpc_url, "fusion_int8", jpeg, 4, concurrency)
+                    rate, latency = under_load(triton.http_url, "fusion_int8", jpeg, 4, concurrency)
                     fusion_rows.append(("int8", 1, threads, concurrency, rate, latency))
                     print(f"fusion int8 {threads} threads per member, {concurrency} clients: {rate:.2f} images/s, "
                           f"{latency:.0f} ms", flush=True)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "log") as triton:
                 for precision in ("fp32", "int8"):
                     for concurrency in args.concurrency:
-                        rate, latency = under_load(triton.grpc_url, f"fast_{precision}", jpeg, args.requests,
+                        rate, latency = under_load(triton.http_url, f"fast_{precision}", jpeg, args.requests,
                                                    concurrency)
                         rows.append((precision, instances, threads, concurrency, rate, latency))
                         print(f"{precision} {instances}x{threads} threads, {concurrency} clients: {rate:.2f} images/s, "

@@ -6,6 +6,12 @@ The wheel ships `tritonserver` 2.51 with the Python backend but not the C++ onnx
 assembles a backend folder holding the Python backend and the project's Python-based `onnxruntime` backend, sets the
 library and module paths the binary and its Python stubs need, binds loopback by default, waits until every model is
 ready, forwards SIGINT/SIGTERM and shuts Triton down cleanly.
+
+Triton's Python backend talks to each stub through a shared-memory region in /dev/shm (16 MB here, RAM) that only a
+clean shutdown removes: every killed or crashed server used to leave its regions behind (19 GB after a day of tests
+on the development machine, until Triton itself failed to start). Each server started here names its regions after
+this process (`shm-region-prefix-name`), removes them once it has exited, however it exited, and sweeps those of
+servers whose launching process has died.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+SHARED_MEMORY = Path("/dev/shm")
+SHM_PREFIX = "vgg-serve-triton"  # then "-<launching pid>-<server id>-", then the backend's own unique suffix
 
 
 class LaunchError(RuntimeError):
@@ -77,6 +86,28 @@ def triton_environment() -> dict[str, str]:
     return env
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphaned_shared_memory() -> list[Path]:
+    """Remove the regions of servers whose launching process is gone (it was killed before it could clean up)."""
+    removed = []
+    for region in SHARED_MEMORY.glob(f"{SHM_PREFIX}-*"):
+        pid = region.name.removeprefix(f"{SHM_PREFIX}-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                region.unlink()
+                removed.append(region)
+    return removed
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL Triton if the process that started it dies without stopping it (no orphaned servers)."""
     with contextlib.suppress(OSError):
@@ -94,6 +125,7 @@ class TritonServer:
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self.shm_prefix = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
 
     @property
     def http_url(self) -> str:
@@ -123,12 +155,25 @@ class TritonServer:
             # preprocessed views of a large image are a few MB: grow the stub's shared memory in big steps
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            # every Python-based backend (the project's onnxruntime one too) takes the Python backend's settings
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+
+    def shared_memory_regions(self) -> list[Path]:
+        """This server's regions in /dev/shm: one per Python-backend model instance while it runs."""
+        return sorted(SHARED_MEMORY.glob(f"{self.shm_prefix}*"))
+
+    def _release_shared_memory(self) -> None:
+        """After the process has exited: what a clean shutdown removes itself, a killed or crashed one leaves."""
+        for region in self.shared_memory_regions():
+            with contextlib.suppress(OSError):
+                region.unlink()
 
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise LaunchError(f"model repository {self.repository} does not exist; run `make repository`")
         backend_dir = assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
+        sweep_orphaned_shared_memory()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
@@ -145,6 +190,7 @@ class TritonServer:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._finish()
                 raise LaunchError(f"tritonserver exited with status {self.process.returncode} before it was ready:\n"
                                   + (self.load_failures() or self.log_tail()))
             try:
@@ -178,12 +224,17 @@ class TritonServer:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._close_log()
+        self._finish()
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # the stubs are in its process group too
             self.process.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.process and self.process.poll() is not None:
+            self._release_shared_memory()
         self._close_log()
 
     def _close_log(self) -> None:

@@ -1,7 +1,8 @@
-"""The Triton launcher: clear failures, loopback by default, clean shutdown on a signal."""
+"""The Triton launcher: clear failures, loopback by default, clean shutdown on a signal, no leaked shared memory."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from server.triton_launcher import LaunchError, TritonServer
+from server.triton_launcher import SHARED_MEMORY, SHM_PREFIX, LaunchError, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +55,25 @@ def test_cli_binds_loopback_and_stops_cleanly_on_sigterm(tmp_path, triton_reposi
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(tmp_path, triton_repository):
+    """The Python backend's regions are RAM: a SIGKILLed Triton (here the server alone, as a crash would) must not
+    keep them, and a launcher that died before cleaning up has its regions swept by the next start."""
+    repository = tmp_path / "repository"
+    shutil.copytree(triton_repository / "vgg_a", repository / "vgg_a")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = SHARED_MEMORY / f"{SHM_PREFIX}-{dead.pid}-0-python-orphan"
+    orphan.write_bytes(b"\0" * 4096)
+    server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=tmp_path / "log").start()
+    try:
+        assert not orphan.exists()
+        regions = server.shared_memory_regions()
+        assert regions and all(r.name.startswith(f"{SHM_PREFIX}-{os.getpid()}-") for r in regions)
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert all(r.exists() for r in regions)  # what Triton leaves when it dies
+    finally:
+        server.stop()
+    assert not any(r.exists() for r in regions)

@@ -17,9 +17,9 @@ def keep_alive_poster(host: str, port: int, path: str, body: bytes, headers: dic
                       server: str) -> Callable[[], None]:
     """A call that POSTs `body` over one keep-alive connection with the standard library's client.
 
-    Not httpx: measured here, httpx spends about 1.5 ms of CPU per request against 0.5 ms for http.client (and
-    0.7 ms for tritonclient gRPC), and on a small machine that client CPU, not the gateway, ended up in
-    the gateway's figures.
+    Not httpx nor tritonclient: measured here, httpx spends about 1.5 ms of CPU per request, tritonclient's gRPC
+    client 0.7-1.5 ms, http.client 0.3-0.5 ms; on a small machine the clients' CPU is taken from the server they
+    measure (the gateway's figures, the served images/s).
     """
     connection = http.client.HTTPConnection(host, port, timeout=120)
 

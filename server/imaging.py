@@ -94,12 +94,8 @@ def rescale(image: Image.Image, q: int) -> np.ndarray:
 
 def dense_views(chw: np.ndarray, flips: bool) -> np.ndarray:
     """The whole rescaled image, and its horizontal mirror when flips are on: [1 or 2, 3, H, W]."""
-    if not flips:
-        return np.ascontiguousarray(chw[None])
-    views = np.empty((2, *chw.shape), np.float32)
-    views[0] = chw
-    views[1] = chw[:, :, ::-1]
-    return views
+    views = [chw, chw[:, :, ::-1]] if flips else [chw]
+    return np.ascontiguousarray(np.stack(views))
 
 
 def grid_offsets(length: int, crop: int, grid: int) -> list[int]:

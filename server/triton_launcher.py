@@ -96,16 +96,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphaned_shared_memory() -> list[Path]:
+def sweep_orphaned_shared_memory() -> None:
     """Remove the regions of servers whose launching process is gone (it was killed before it could clean up)."""
-    removed = []
     for region in SHARED_MEMORY.glob(f"{SHM_PREFIX}-*"):
         pid = region.name.removeprefix(f"{SHM_PREFIX}-").split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
                 region.unlink()
-                removed.append(region)
-    return removed
 
 
 def _die_with_parent() -> None:

@@ -32,11 +32,13 @@ serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
 # Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, instances x
-# threads under load, client batch scoring vs perf_analyzer (about 25 minutes on 2 cores). Results: bench/results/.
+# threads under load, the gateway vs direct Triton (and vs a bare forwarder), client batch scoring vs perf_analyzer
+# (about 25 minutes on 2 cores). Results: bench/results/.
 bench: install
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.precision_bench
 	$(PY) -m bench.threads_bench
+	$(PY) -m bench.gateway_bench --bare-proxy --rounds 3
 	$(PY) -m bench.perf_analyzer_bench
 
 clean:

@@ -54,12 +54,13 @@ def photo_jpeg(size: tuple[int, int] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def start_gateway(triton_url: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """`python -m server.gateway` on a free loopback port, once its /readyz answers 200: (process, base URL)."""
+def start_gateway(triton_url: str, timeout: float = 60, module: str = "server.gateway") -> tuple[subprocess.Popen, str]:
+    """`python -m server.gateway` (or another module taking its flags: bench.bare_proxy) on a free loopback port,
+    once its /readyz answers 200: (process, base URL)."""
     import httpx
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton_url, "--port",
+    process = subprocess.Popen([sys.executable, "-m", module, "--triton-url", triton_url, "--port",
                                 str(port), "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -71,7 +72,7 @@ def start_gateway(triton_url: str, timeout: float = 60) -> tuple[subprocess.Pope
             pass
         time.sleep(0.2)
     process.terminate()
-    raise RuntimeError("gateway did not become ready")
+    raise RuntimeError(f"{module} did not become ready")
 
 
 def publish(text: str, path: Path) -> None:

@@ -15,11 +15,16 @@ CPU time per request (Linux, from /proc) is reported for each side: the gateway 
 throughput ratio tends to ``cpu_bound_throughput_ratio`` = direct CPU per image / gateway-path CPU per image (other
 load on the machine blurs it: measured ratios then land on either side).
 Processes it did not start are measured when given with --gateway-pid / --triton-pid.
+
+With --bare-proxy a third side goes through bench.bare_proxy, a forwarder with nothing but the hop (uvicorn and the
+gateway's Triton client): the floor any Python gateway pays, so the report tells the hop's cost from the cost of
+the gateway's features.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -82,14 +87,16 @@ def _descendants(roots: list[int]) -> list[int]:
 
 
 class CpuMeter:
-    """Accumulates CPU seconds per side (gateway, triton, client) over measured phases."""
+    """Accumulates CPU seconds per side over measured phases: this benchmark's clients, Triton, and the hop
+    process (gateway or bare proxy) of the side being measured, named after it."""
 
-    def __init__(self, gateway: CpuClock | None, triton: CpuClock | None) -> None:
+    def __init__(self, hops: dict[str, CpuClock], triton: CpuClock | None) -> None:
         self.clocks: dict[str, Callable[[], float | None]] = {"client": time.process_time}
-        if gateway:
-            self.clocks["gateway"] = gateway.seconds
         if triton:
             self.clocks["triton"] = triton.seconds
+        self.hops = set(hops)
+        for name, clock in hops.items():
+            self.clocks[name] = clock.seconds
         self.spent: dict[str, dict[str, float]] = {}
         self.requests: dict[str, int] = {}
 
@@ -100,6 +107,8 @@ class CpuMeter:
         after = self.read()
         spent = self.spent.setdefault(mode, {})
         for name, start in before.items():
+            if name in self.hops and name != mode:
+                continue  # another side's hop, idle meanwhile
             end = after[name]
             if start is not None and end is not None:
                 spent[name] = spent.get(name, 0.0) + end - start
@@ -139,16 +148,19 @@ def throughput(make: Callable[[], Callable[[], None]], requests: int, concurrenc
         return per * concurrency / (time.perf_counter() - started)
 
 
-def measure(triton_url: str, gateway_url: str, pipeline: str, requests: int, concurrency: int, rounds: int,
+def measure(triton_url: str, hops: dict[str, str], pipeline: str, requests: int, concurrency: int, rounds: int,
             top_k: int, cpu: CpuMeter | None = None) -> dict:
+    """Direct, then through each hop ({"gateway": url, optionally "bare_proxy": url}), alternating each round."""
     data = photo_jpeg((500, 333))
-    cpu = cpu or CpuMeter(None, None)
-    direct = lambda: direct_caller(triton_url, pipeline, data, top_k)  # noqa: E731
-    gateway = lambda: gateway_caller(gateway_url, pipeline, data, top_k)  # noqa: E731
-    lat = {"direct": [], "gateway": []}
-    thr = {"direct": [], "gateway": []}
+    cpu = cpu or CpuMeter({}, None)
+    makers: dict[str, Callable[[], Callable[[], None]]] = {
+        "direct": functools.partial(direct_caller, triton_url, pipeline, data, top_k)}
+    for name, url in hops.items():
+        makers[name] = functools.partial(gateway_caller, url, pipeline, data, top_k)
+    lat: dict[str, list[float]] = {name: [] for name in makers}
+    thr: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(rounds):
-        for name, make in (("direct", direct), ("gateway", gateway)):
+        for name, make in makers.items():
             before = cpu.read()
             lat[name] += latency_ms(make, requests)
             thr[name].append(throughput(make, requests, concurrency))
@@ -158,9 +170,10 @@ def measure(triton_url: str, gateway_url: str, pipeline: str, requests: int, con
                      "p90_ms": round(float(np.percentile(lat[name], 90)), 3),
                      "throughput_img_s": round(statistics.median(thr[name]), 2),
                      "cpu_ms_per_request": cpu.per_request_ms(name)} for name in lat}
-    result["gateway_latency_overhead"] = round(result["gateway"]["median_ms"] / result["direct"]["median_ms"] - 1, 4)
-    result["gateway_throughput_ratio"] = round(result["gateway"]["throughput_img_s"]
-                                               / result["direct"]["throughput_img_s"], 4)
+    for name in hops:
+        result[f"{name}_latency_overhead"] = round(result[name]["median_ms"] / result["direct"]["median_ms"] - 1, 4)
+        result[f"{name}_throughput_ratio"] = round(result[name]["throughput_img_s"]
+                                                   / result["direct"]["throughput_img_s"], 4)
     direct_cpu = result["direct"]["cpu_ms_per_request"]
     gateway_cpu = result["gateway"]["cpu_ms_per_request"]
     if "triton" in direct_cpu and "gateway" in gateway_cpu:
@@ -185,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--gateway-pid", type=int, help="measure this gateway process's CPU time (--gateway-url)")
     parser.add_argument("--triton-pid", type=int, help="measure this Triton's CPU time, with its children")
+    parser.add_argument("--bare-proxy", action="store_true",
+                        help="also measure bench.bare_proxy, the floor of a Python gateway (see above)")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
 
-    triton = gateway = None
+    triton = gateway = proxy = None
     try:
         triton_url = args.triton_url
         if not triton_url:
@@ -198,16 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         gateway_url = args.gateway_url
         if not gateway_url:
             gateway, gateway_url = start_gateway(triton_url)
+        hops = {"gateway": gateway_url}
+        if args.bare_proxy:
+            proxy, hops["bare_proxy"] = start_gateway(triton_url, module="bench.bare_proxy")
         gateway_pid = gateway.pid if gateway else args.gateway_pid
         triton_pid = triton.process.pid if triton and triton.process else args.triton_pid
-        cpu = CpuMeter(CpuClock([gateway_pid]) if gateway_pid else None,
-                       CpuClock([triton_pid], tree=True) if triton_pid else None)
-        result = measure(triton_url, gateway_url, args.pipeline, args.requests, args.concurrency, args.rounds,
+        hop_clocks = {"gateway": CpuClock([gateway_pid])} if gateway_pid else {}
+        if proxy:
+            hop_clocks["bare_proxy"] = CpuClock([proxy.pid])
+        cpu = CpuMeter(hop_clocks, CpuClock([triton_pid], tree=True) if triton_pid else None)
+        result = measure(triton_url, hops, args.pipeline, args.requests, args.concurrency, args.rounds,
                          args.top_k, cpu)
     finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(30)
+        for process in (proxy, gateway):
+            if process:
+                process.terminate()
+                process.wait(30)
         if triton:
             triton.stop()
     result.update(pipeline=args.pipeline, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,

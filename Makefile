@@ -32,13 +32,16 @@ serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
 
 # Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, instances x
-# threads under load, the gateway vs direct Triton (and vs a bare forwarder), client batch scoring vs perf_analyzer
-# (about 25 minutes on 2 cores). Results: bench/results/.
-bench: install
+# threads under load, the gateway vs direct Triton (and vs a bare forwarder) on the demo net and on a full-size
+# VGG-11, what a Triton call costs by client, client batch scoring vs perf_analyzer (about 30 minutes on 2 cores).
+# Results: bench/results/.
+bench: repository
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.precision_bench
 	$(PY) -m bench.threads_bench
 	$(PY) -m bench.gateway_bench --bare-proxy --rounds 3
+	$(PY) -m bench.gateway_bench --vgg11 --bare-proxy --requests 30 --concurrency 4 --rounds 2
+	$(PY) -m bench.triton_clients
 	$(PY) -m bench.perf_analyzer_bench
 
 clean:

@@ -2,12 +2,17 @@
 
     .venv/bin/python -m bench.gateway_bench --repository model_repository [--pipeline fast] [--requests 200]
     .venv/bin/python -m bench.gateway_bench --triton-url 127.0.0.1:8000 --gateway-url http://127.0.0.1:8080
+    .venv/bin/python -m bench.gateway_bench --vgg11 --requests 30 --concurrency 4
 
-Without URLs it starts Triton on the repository and a gateway in front of it on free loopback ports. Direct calls
-send Triton's HTTP endpoint exactly the request the gateway itself sends (the encoded image as a BYTES tensor,
-top-k from the classification extension), gateway calls the raw image body; both with http.client over a keep-alive
-connection (see keep_alive_poster), so the difference is what the gateway adds. Rounds alternate direct/gateway so
-drift on a shared machine hits both alike.
+Without URLs it starts Triton on the repository and a gateway in front of it on free loopback ports. With --vgg11
+the repository is built first, in a temporary folder: a full-size VGG-11 (configuration A, the smallest of the
+paper's nets; random weights, speed does not depend on them) behind a `fast` pipeline at Q=224, exported by the
+project's exporter: the smallest real VGG, where the demo nets make 4-5 ms pipelines.
+
+Direct calls send Triton's HTTP endpoint exactly the request the gateway itself sends (the encoded image as a BYTES
+tensor, top-k from the classification extension), gateway calls the raw image body; both with http.client over a
+keep-alive connection (see keep_alive_poster), so the difference is what the gateway adds. Rounds alternate
+direct/gateway so drift on a shared machine hits both alike.
 Goal (issue 4): the gateway adds < 5% to median latency and keeps >= 0.95x the throughput.
 
 CPU time per request (Linux, from /proc) is reported for each side: the gateway process, Triton's process tree
@@ -29,6 +34,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +43,29 @@ from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
+from bench.build import export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, start_gateway
 from bench.served import direct_caller, keep_alive_poster
+
+VGG11_SPEC = """
+[pipelines.fast]
+description = "VGG-11 (configuration A, full size, random weights), single scale Q=224, dense"
+members = ["vgg11"]
+scales = [224]
+"""
+
+
+def build_vgg11_repository(folder: Path, threads: int) -> Path:
+    """A full-size VGG-11 behind a `fast` pipeline, as a user would build it: checkpoint, exporter, generator."""
+    from server.pipeline_spec import load_spec
+    from server.repository import generate
+
+    repository = folder / "repository"
+    export(random_checkpoints(folder, {"vgg11": "A"})["vgg11"], repository, "vgg11", threads)
+    spec = folder / "pipelines.toml"
+    spec.write_text(VGG11_SPEC)
+    generate(load_spec(spec), repository)
+    return repository
 
 
 def gateway_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:
@@ -189,6 +216,10 @@ def measure(triton_url: str, hops: dict[str, str], pipeline: str, requests: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--vgg11", action="store_true",
+                        help="build and serve a full-size VGG-11 `fast` pipeline instead of --repository")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                        help="onnxruntime intra-op threads of the --vgg11 model")
     parser.add_argument("--triton-url", help="use this running Triton (HTTP host:port) instead of starting one")
     parser.add_argument("--gateway-url", help="use this running gateway instead of starting one")
     parser.add_argument("--pipeline", default="fast")
@@ -204,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     triton = gateway = proxy = None
+    scratch = tempfile.TemporaryDirectory(prefix="gateway-bench-")
     try:
         triton_url = args.triton_url
         if not triton_url:
             from server.triton_launcher import TritonServer
-            triton = TritonServer(args.repository, free_port(), free_port(), free_port()).start()
+            repository = build_vgg11_repository(Path(scratch.name), args.threads) if args.vgg11 else args.repository
+            triton = TritonServer(repository, free_port(), free_port(), free_port()).start()
             triton_url = triton.http_url
         gateway_url = args.gateway_url
         if not gateway_url:
@@ -231,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(30)
         if triton:
             triton.stop()
-    result.update(pipeline=args.pipeline, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
+        scratch.cleanup()
+    result.update(model="full-size VGG-11" if args.vgg11 else str(args.repository), pipeline=args.pipeline,
+                  requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
                   date=time.strftime("%Y-%m-%d"), machine=machine())
     print(json.dumps(result, indent=2))
     if args.output:

@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         figures = uvloop.run(measure(triton, args.pipeline, args.calls, args.rounds))
 
     own = figures["gateway's own (HTTP, httptools)"]
-    lines = [f"# Triton clients: what one call costs the caller, {datetime.date.today().isoformat()}", "",
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [f"# Triton clients: what one call costs the caller, {now:%Y-%m-%d %H:%M} UTC", "",
              f"Machine: {machine()}. Pipeline `{args.pipeline}` of `{args.repository.name}`, a 500x333 JPEG, top-5; "
              f"medians of {args.rounds} rounds of {args.calls} calls per client and concurrency.", "",
              "    python -m bench.triton_clients", "",
+             "Every client gets the same top-5 strings back. CPU is the calling process's: what the gateway spends on "
+             "each request's Triton call, taken from Triton's cores when they share a machine.", "",
              "| client | CPU ms / call, 1 in flight | 8 in flight | CPU vs the gateway's own (8 in flight) "
              "| wall ms / call, 1 in flight | 8 in flight |",
              "|---|---:|---:|---:|---:|---:|"]

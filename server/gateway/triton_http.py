@@ -1,11 +1,12 @@
 """A lean asyncio client for one Triton server's HTTP/REST endpoint (the KServe v2 protocol): keep-alive
 connections, httptools for parsing, and the binary tensor extension for the image.
 
-Why not tritonclient: its asyncio clients cost about 0.9 ms of CPU per inference on the 2-core dev machine (aiohttp
-or grpc.aio, plus numpy tensor wrappers), and about 0.45 ms even through the bare generated gRPC stub. A request
-here is one preformatted write and one parse; measured side by side, the whole gateway spends 0.55 ms of CPU per
-request with it against 0.85 ms with the gRPC stub (bench/results/gateway.md), and on a 2-core machine every such
-millisecond is taken from Triton.
+Why not tritonclient, which issue 4 names: its asyncio clients (aiohttp, grpc.aio) spend 3.2-3.8x this client's
+CPU on the same call, 0.37-0.42 against 0.11-0.13 ms on the 2-core dev machine, and at 8 calls in flight the
+machine serves 8-11% fewer of them (``python -m bench.triton_clients``, bench/results/triton_clients.md). On a
+machine it shares with Triton, the gateway's every CPU millisecond is taken from Triton. The price is this module:
+the few v2 requests the gateway makes, tested on connection edge cases in tests/test_triton_http.py and against a
+real Triton by every gateway test.
 """
 
 from __future__ import annotations

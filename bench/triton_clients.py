@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import tritonclient.grpc.aio as grpc_aio
@@ -35,12 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 Call = Callable[[], Awaitable[list[str]]]
 
 
-def own_client(triton: TritonServer, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
-    client = TritonHttpClient(triton.http_url)
+def own_call(url: str, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
+    """The gateway's call (server/gateway/classifier.py makes the same one)."""
+    client = TritonHttpClient(url)
     return (lambda: client.classify(pipeline, INPUT_NAME, OUTPUT_NAME, data, top_k)), client.close
 
 
-def tritonclient_call(module, url: str, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
+def tritonclient_call(module: ModuleType, url: str, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
     """tritonclient's documented way: InferInput from numpy, InferRequestedOutput with class_count, as_numpy."""
     client = module.InferenceServerClient(url)
     image = np.array([data], dtype=np.object_)
@@ -72,7 +74,7 @@ async def cost_ms(call: Call, calls: int, concurrency: int) -> tuple[float, floa
 async def measure(triton: TritonServer, pipeline: str, calls: int, rounds: int) -> dict[str, dict[int, list]]:
     data = photo_jpeg((500, 333))
     clients = {
-        "gateway's own (HTTP, httptools)": own_client(triton, pipeline, data, 5),
+        "gateway's own (HTTP, httptools)": own_call(triton.http_url, pipeline, data, 5),
         "tritonclient.http.aio (aiohttp)": tritonclient_call(http_aio, triton.http_url, pipeline, data, 5),
         "tritonclient.grpc.aio": tritonclient_call(grpc_aio, triton.grpc_url, pipeline, data, 5),
     }

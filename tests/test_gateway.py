@@ -6,6 +6,8 @@ Real processes throughout: Triton from the session fixture, the gateway in a uvi
 from __future__ import annotations
 
 import io
+import json
+import socket
 import struct
 import subprocess
 import sys
@@ -137,6 +139,41 @@ def test_bad_parameters(gateway, sample_images, params, where):
     assert where in assert_error(response, 422, "invalid_request")["message"]
 
 
+def test_a_repeated_parameter_is_refused_not_guessed(gateway, sample_images):
+    for how in ({"content": sample_images["china_500x333.jpg"], "headers": {"content-type": "image/jpeg"}},
+                {"files": {"file": ("a.jpg", sample_images["china_500x333.jpg"], "image/jpeg")}}):
+        response = httpx.post(gateway.url + "/v1/classify?top_k=1&top_k=2", timeout=TIMEOUT, **how)
+        assert "'top_k' is given more than once" in assert_error(response, 422, "invalid_request")["message"]
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Bytes no HTTP client library would send, and the answer: (status, headers, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GET /v1/pipelines?pipeline=" + b"x" * 200_000 + b" HTTP/1.1",  # past the parser's URL limit
+    "POST /v1/classify?pipeline=élève HTTP/1.1".encode(),  # raw, not percent-encoded, UTF-8 in the URL
+    b"NOT HTTP AT ALL",
+])
+def test_unparseable_requests_get_the_json_error_shape(gateway, sample_images, request_line):
+    status, headers, body = raw_exchange(gateway.url, request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    ok = httpx.post(gateway.url + "/v1/classify", content=sample_images["china_500x333.jpg"],
+                    headers={"content-type": "image/jpeg"}, timeout=TIMEOUT)
+    assert ok.status_code == 200
+
+
 def test_unknown_pipeline_is_404(gateway, sample_images):
     response = httpx.post(gateway.url + "/v1/classify", params={"pipeline": "nope"},
                           content=sample_images["china_500x333.jpg"], headers={"content-type": "image/jpeg"})
@@ -154,7 +191,15 @@ def test_unsupported_media_type_is_415(gateway, headers, files):
         response = httpx.post(gateway.url + "/v1/classify", files=files)
     else:
         response = httpx.post(gateway.url + "/v1/classify", content=b"hello", headers=headers)
-    assert_error(response, 415, "unsupported_media_type")
+    message = assert_error(response, 415, "unsupported_media_type")["message"]
+    assert message.startswith("no content type") if headers == {} else "is not a supported image type" in message
+
+
+def test_a_malformed_multipart_body_is_400(gateway):
+    response = httpx.post(gateway.url + "/v1/classify", content=b"no boundary anywhere",
+                          headers={"content-type": "multipart/form-data; boundary=xyz"})
+    message = assert_error(response, 400, "invalid_form")["message"]
+    assert message.startswith("malformed multipart form: ") and "400:" not in message
 
 
 BAD_IMAGES = {

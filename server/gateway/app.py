@@ -53,6 +53,14 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
+async def refuse_repeated_parameters(request: Request) -> None:
+    """``?top_k=1&top_k=2`` would silently mean 2 (FastAPI keeps the last value): refuse the ambiguity instead."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ApiError(422, "invalid_request", f"query parameter {repeated[0][:100]!r} is given more than once")
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the gateway for these settings; Triton connections open when the app starts (its lifespan)."""
     metrics = GatewayMetrics()
@@ -68,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.abandoned.set_function(lambda: len(classifier.abandoned))
     check_auth = bearer_auth(settings.api_keys)
     auth = Depends(check_auth)
+    single_values = Depends(refuse_repeated_parameters)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     top_k_query = Query(5, ge=1, le=settings.max_top_k, description="Number of classes to return")
     pipeline_query = Query(None, max_length=128, description="Pipeline name (default: the configured default)")
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[auth], tags=["classify"],
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[auth, single_values], tags=["classify"],
               openapi_extra=_image_body(many=False),
               responses=_errors(400, 401, 404, 408, 413, 415, 422, 429, 502, 503, 504))
     async def classify(request: Request, pipeline: str | None = pipeline_query,
@@ -105,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         result.timing_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
-    @app.post("/v1/classify/batch", response_model=BatchResponse, dependencies=[auth], tags=["classify"],
+    @app.post("/v1/classify/batch", response_model=BatchResponse, dependencies=[auth, single_values], tags=["classify"],
               openapi_extra=_image_body(many=True),
               responses=_errors(400, 401, 404, 408, 413, 415, 422, 429, 502, 503, 504))
     async def classify_batch(request: Request, pipeline: str | None = pipeline_query,

@@ -42,9 +42,11 @@ def check_type(content_type: str | None, allow_missing: bool) -> ApiError | None
     kind = media_type(content_type)
     if kind in IMAGE_TYPES or kind in GENERIC_TYPES or (allow_missing and not kind):
         return None
-    shown = kind or "none"
+    if not kind:
+        return ApiError(415, "unsupported_media_type", "no content type: send the image as the body with its type "
+                        "(e.g. image/jpeg) or as the multipart/form-data field 'file'")
     return ApiError(415, "unsupported_media_type",
-                    f"content type {shown!r} is not a supported image type (JPEG, PNG, WebP, BMP, TIFF, GIF)")
+                    f"content type {kind!r} is not a supported image type (JPEG, PNG, WebP, BMP, TIFF, GIF)")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -99,7 +101,8 @@ async def read_images(request: Request, limit: int, timeout_s: float, max_files:
     except Exception as exc:  # starlette's multipart errors: malformed form, too many files or fields
         if "too many files" in str(exc).lower():
             raise too_many_files(max_files) from None
-        raise ApiError(400, "invalid_form", f"malformed multipart form: {exc}") from None
+        reason = getattr(exc, "detail", None) or str(exc)  # starlette's HTTPException: the detail alone
+        raise ApiError(400, "invalid_form", f"malformed multipart form: {reason}") from None
     try:
         uploads = [item for name in FILE_FIELDS for item in form.getlist(name)]
         if not uploads:

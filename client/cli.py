@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -11,14 +12,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from client.errors import ClientError
+from client.images import IMAGE_SUFFIXES
 from client.inputs import iter_paths
 from client.output import ResultFile
 from client.progress import Progress
 from client.sync_client import DEFAULT_URL, Client
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A job stops once this many files in a row (or twice the concurrency, if more) failed for the service's sake,
+# each after its retries: the service is down, and scoring on would only write rows that a re-run redoes.
+MIN_FAILED_IN_A_ROW = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ClientError, OSError) as exc:
             print(f"client: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:  # before or between jobs; a running job handles its own
+            print("client: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return EXIT_OK
 
 
@@ -75,42 +84,88 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class UsageError(Exception):
+    """The job cannot start as asked: a typo'd input, an unusable output file, a service that can't serve it."""
+
+
+def check_inputs(inputs: Sequence[str]) -> list[str]:
+    """The image paths the command line names; UsageError for an argument that names nothing (a mistyped folder
+    or a glob matching no file) or when all of them together hold no image. Missing paths inside a list file are
+    still scored, as error rows."""
+    for item in inputs:
+        if not Path(item).exists() and not (glob.has_magic(item) and glob.glob(item, recursive=True)):
+            raise UsageError(f"{item}: {'no file matches' if glob.has_magic(item) else 'no such file or directory'}")
+    paths = list(iter_paths(inputs))
+    if not paths:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UsageError(f"no image files in {', '.join(inputs)} (looked for {suffixes})")
+    return paths
+
+
+def check_service(client: Client, pipeline: str | None) -> None:
+    """Fail before the first file, not with one error row per file: the service answers, the key is accepted,
+    and the pipeline asked for is served."""
+    try:
+        served = [info.name for info in client.pipelines()]
+    except ClientError as exc:
+        raise UsageError(f"cannot use {client.url}: {exc}") from None
+    if pipeline is not None and pipeline not in served:
+        raise UsageError(f"unknown pipeline {pipeline!r}; served: {', '.join(served) or 'none'}")
+
+
 def score(client: Client, args: argparse.Namespace) -> int:
     """Run a resumable scoring job; every finished file is on disk before the next one is reported."""
     if args.concurrency < 1 or args.top_k < 1:
         print("client: --concurrency and --top-k must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    output = ResultFile(args.output)
-    if args.overwrite and output.path.exists():
-        output.path.unlink()
-    done = output.resume()
-    todo = [path for path in iter_paths(args.inputs) if path not in done]
+    try:
+        output = ResultFile(args.output)
+        paths = check_inputs(args.inputs)
+        check_service(client, args.pipeline)
+        if args.overwrite and output.path.exists():
+            output.path.unlink()
+        done = output.resume()
+    except (UsageError, ValueError, OSError) as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    todo = [path for path in paths if path not in done]
     enabled = sys.stderr.isatty() if args.progress is None else args.progress
     progress = Progress(len(todo), enabled)
     outcomes: Counter[str] = Counter()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    interrupted = False
+    interrupted = lost = False
+    give_up_after = max(MIN_FAILED_IN_A_ROW, 2 * args.concurrency)
+    failed_in_a_row = 0
     try:
         for result in client.score(todo, concurrency=args.concurrency, top_k=args.top_k, pipeline=args.pipeline):
             output.append(result)
             outcomes["ok" if result.ok else result.error.code] += 1
             progress.update(result.ok)
+            failed_in_a_row = failed_in_a_row + 1 if not result.ok and result.error.retryable else 0
+            if failed_in_a_row >= give_up_after:
+                lost = True
+                break
     except KeyboardInterrupt:
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
         output.close()
-    if not interrupted:
+    if not (interrupted or lost):
         output.finalize()
     elapsed = time.monotonic() - started
     scored = sum(outcomes.values())
     errors = scored - outcomes["ok"]
     detail = ", ".join(f"{code}: {n}" for code, n in sorted(outcomes.items()) if code != "ok")
-    print(f"{'interrupted' if interrupted else 'done'}: {scored} of {len(todo)} files in {elapsed:.1f} s "
+    state = "interrupted" if interrupted else "stopped" if lost else "done"
+    print(f"{state}: {scored} of {len(todo)} files in {elapsed:.1f} s "
           f"({scored / max(elapsed, 1e-9):.1f} img/s); ok {outcomes['ok']}, errors {errors}"
           f"{f' ({detail})' if detail else ''}; skipped {len(done)} already in {output.path}", file=sys.stderr)
+    if lost:
+        print(f"client: the service failed the last {failed_in_a_row} files in a row (each retried); "
+              "re-run the same command to resume once it is back", file=sys.stderr)
+        return EXIT_USAGE
     if interrupted:
         print("re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

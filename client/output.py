@@ -115,13 +115,16 @@ class ResultFile:
 
     def _write_all(self, rows: list[dict[str, Any]]) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8", newline="") as handle:
-            handle.write(self._header())
-            for row in rows:
-                handle.write(self._encode(row))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        try:
+            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+                handle.write(self._header())
+                for row in rows:
+                    handle.write(self._encode(row))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:  # name the file the user asked for, not the temporary beside it
+            raise OSError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def _cut_torn_tail(self) -> None:
         with open(self.path, "rb+") as handle:

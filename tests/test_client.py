@@ -200,14 +200,8 @@ def test_score_cli_resumes_after_a_kill_with_the_same_output(gateway, photo_dir,
     assert read_csv(partial) == rows  # nothing lost, nothing duplicated, same order
 
 
-def test_score_cli_sigint_jsonl_and_retrying_transient_errors(gateway, photo_dir, tmp_path):
+def test_score_cli_sigint_and_resume_into_jsonl(gateway, photo_dir, tmp_path):
     out = tmp_path / "out.jsonl"
-    dead = ["--url", f"http://127.0.0.1:{free_port()}", "score", str(photo_dir / "nested"), "-o", str(out)]
-    first = subprocess.run(client_cli(*dead), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "VGG_URL": "unused"})
-    assert first.returncode == 1
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 16 and {r["error_code"] for r in rows} == {"connection_error"}
     job = subprocess.Popen(client_cli("--url", gateway.url, "score", str(photo_dir / "nested"), "-o", str(out),
                                       "--pipeline", "fusion", "--concurrency", "1"),
                            cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True)
@@ -220,8 +214,72 @@ def test_score_cli_sigint_jsonl_and_retrying_transient_errors(gateway, photo_dir
                              timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)  # transient errors were re-tried
+    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
     assert len({r["path"] for r in rows}) == 16 and {r["pipeline"] for r in rows} == {"fusion"}
+
+
+def test_score_cli_stops_when_the_gateway_dies_and_a_rerun_finishes(triton, tmp_path_factory, gateway, photo_dir,
+                                                                      tmp_path):
+    """Killed mid-job, the gateway leaves connection errors: after 8 files in a row (each retried) the job stops
+    with status 2 instead of writing an error row for every remaining file; the re-run redoes those rows only."""
+    out = tmp_path / "out.csv"
+    doomed = start_gateway(tmp_path_factory, [triton.http_url], wait_ready=True)
+    job = subprocess.Popen(client_cli("--url", doomed.url, "score", str(photo_dir), "-o", str(out), "--pipeline",
+                                      "fusion", "--concurrency", "2"), cwd=PROJECT_ROOT, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() or out.read_text().count("\n") < 3:  # header + 2 rows
+        assert time.monotonic() < deadline and job.poll() is None, "the job ended before the gateway could die"
+        time.sleep(0.01)
+    doomed.process.kill()
+    doomed.stop()
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 2, stderr
+    assert "stopped:" in stderr and "failed the last 8 files in a row" in stderr, stderr
+    rows = read_csv(out)
+    lost = [r for r in rows if r["error_code"] == "connection_error"]
+    assert len(lost) >= 8 and len(rows) < 25  # it did not plough through the whole folder
+    kept = {r["path"] for r in rows if r not in lost}
+    resumed = subprocess.run(client_cli("--url", gateway.url, "score", str(photo_dir), "-o", str(out), "--pipeline",
+                                        "fusion"), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 1, resumed.stderr  # finished; broken.jpg is the one per-file error
+    assert f"skipped {len(kept)} already" in resumed.stderr
+    rows = read_csv(out)
+    assert len(rows) == 25 and len({r["path"] for r in rows}) == 25
+    assert [r["error_code"] for r in rows if r["status"] == "error"] == ["invalid_image"]
+
+
+def test_score_cli_refuses_what_it_cannot_do_before_scoring_anything(gateway, photo_dir, tmp_path, capsys):
+    """Usage problems are one line and status 2, found before the first file, and leave no output file behind."""
+    from client.cli import main
+
+    out = tmp_path / "out.csv"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        (str(tmp_path / "no_such_folder"),): f"{tmp_path / 'no_such_folder'}: no such file or directory",
+        (str(tmp_path / "*.nope"),): f"{tmp_path / '*.nope'}: no file matches",
+        (str(empty),): f"no image files in {empty} (looked for .bmp",
+        (str(photo_dir), "--pipeline", "nope"): "unknown pipeline 'nope'; served: ",
+    }
+    for args, message in cases.items():
+        assert main(["--url", gateway.url, "score", *args, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"client: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+    outputs = {
+        str(tmp_path / "out.txt"): "output must end in .csv or .jsonl, got 'out.txt'",
+        str(tmp_path / "missing" / "out.csv"): f"cannot write {tmp_path / 'missing' / 'out.csv'}: No such file",
+    }
+    for output, message in outputs.items():
+        assert main(["--url", gateway.url, "score", str(photo_dir), "-o", output]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"client: {message}") and err.count("\n") == 1, err
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert main(["--url", closed, "score", str(photo_dir), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"client: cannot use {closed}: connection_error") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_score_inputs_globs_and_lists(gateway, photo_dir, tmp_path):

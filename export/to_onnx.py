@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="refuse an int8/bf16 model whose top-1 agrees with FP32 less often (default 0.99)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled nn.Module (unpickling runs code from the file)")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="the Triton model repository to write NAME/VERSION/ into (default: model_repository)")
     parser.add_argument("--name", help="Triton model name (default: the checkpoint's file name)")
     parser.add_argument("--version", type=int, help="model version (default: the next free one)")
     parser.add_argument("--labels", type=Path, help="class names, one a line (default: ImageNet-1k for 1000 classes)")

@@ -85,6 +85,7 @@ def export_missing(spec: Spec, repository: Path) -> None:
                 raise SpecError(f"exporting {source.name} from {source.checkpoint} failed (see above)")
             for name in missing:
                 os.rename(staging / name, repository / name)
+                print(f"installed {repository / name} (exported into the temporary {staging.name}/ above)", flush=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

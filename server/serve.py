@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from server.triton_launcher import StopRequest, add_server_arguments, server_from_args, start_reporting
+from server.triton_launcher import (
+    LaunchError,
+    StopRequest,
+    add_server_arguments,
+    check_port_free,
+    server_from_args,
+    start_reporting,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     args.log.parent.mkdir(parents=True, exist_ok=True)
     triton = server_from_args(args)
+    try:
+        check_port_free(args.address, args.gateway_port, "the gateway")
+    except LaunchError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 1
     if not start_reporting(triton, "serve"):
         return 1
     gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.http_url,

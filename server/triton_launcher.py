@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -105,6 +106,17 @@ def sweep_orphaned_shared_memory() -> None:
                 region.unlink()
 
 
+def check_port_free(address: str, port: int, what: str) -> None:
+    """LaunchError naming the port if something already listens there: found in a millisecond instead of after
+    Triton has loaded every model (it binds its ports last) or deep in its log."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise LaunchError(f"cannot use {address}:{port} for {what}: {exc.strerror or exc}") from None
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL Triton if the process that started it dies without stopping it (no orphaned servers)."""
     with contextlib.suppress(OSError):
@@ -170,16 +182,23 @@ class TritonServer:
         if not self.repository.is_dir():
             raise LaunchError(f"model repository {self.repository} does not exist; run `make repository`")
         backend_dir = assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
+        for port, what in ((self.http_port, "Triton's HTTP endpoint"), (self.grpc_port, "Triton's gRPC endpoint"),
+                           (self.metrics_port, "Triton's metrics")):
+            check_port_free(self.address, port, what)
         sweep_orphaned_shared_memory()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(),
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
-        self._wait_ready()
+        try:
+            self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(),
+                                            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+            self._wait_ready()
+        except BaseException:  # not ready, or Ctrl-C meanwhile: nothing half-started stays behind
+            self.kill()
+            raise
         return self
 
     def _wait_ready(self) -> None:
@@ -230,7 +249,11 @@ class TritonServer:
         self._finish()
 
     def _finish(self) -> None:
+        """Once Triton has exited: its stubs too (a killed server can leave them blocked on a lock, holding memory;
+        they are in its process group), then their shared-memory regions."""
         if self.process and self.process.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self._release_shared_memory()
         self._close_log()
 
@@ -294,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     while not stop.requested and server.process.poll() is None:
         time.sleep(0.5)
+    server.stop()
     if not stop.requested:
         print(f"triton_launcher: tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}",
               file=sys.stderr)
         return 1
-    server.stop()
     return 0
 
 

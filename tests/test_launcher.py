@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,3 +78,60 @@ def test_a_killed_server_leaves_no_shared_memory_behind(tmp_path, triton_reposit
     finally:
         server.stop()
     assert not any(r.exists() for r in regions)
+
+
+def _group_gone(pgid: int, within_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path, triton_repository):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TritonServer(triton_repository, free_port(), port, free_port(), log_path=tmp_path / "log")
+        with pytest.raises(LaunchError, match=rf"cannot use 127.0.0.1:{port} for Triton's gRPC endpoint: "
+                                              "Address already in use"):
+            server.start()
+        assert server.process is None
+        serve = subprocess.run([sys.executable, "-m", "server.serve", "--repository", str(triton_repository),
+                                "--gateway-port", str(port), "--log", str(tmp_path / "serve.log")],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 1
+    assert serve.stderr == f"serve: error: cannot use 127.0.0.1:{port} for the gateway: Address already in use\n"
+    assert "Triton ready" not in serve.stdout
+
+
+def test_the_launcher_cleans_up_after_triton_dies_under_it(tmp_path, triton_repository):
+    """Killed Triton: the launcher exits 1 and leaves neither its stubs (same process group) nor their regions,
+    even when the stubs are stuck (stopped here: seen under load, blocked on a lock) and cannot clean up."""
+    repository = tmp_path / "repository"
+    shutil.copytree(triton_repository / "vgg_a", repository / "vgg_a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.triton_launcher", "--repository", str(repository), "--http-port",
+         str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith("Triton ready")
+        regions = list(SHARED_MEMORY.glob(f"{SHM_PREFIX}-{process.pid}-*"))
+        triton_pid = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+        assert regions and Path(f"/proc/{triton_pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver")
+        stubs = [int(pid) for pid in Path(f"/proc/{triton_pid}/task/{triton_pid}/children").read_text().split()]
+        assert stubs
+        for stub in stubs:
+            os.kill(stub, signal.SIGSTOP)
+        os.kill(triton_pid, signal.SIGKILL)
+        assert process.wait(30) == 1
+        assert "tritonserver exited with status -9" in process.stderr.read()
+        assert _group_gone(triton_pid), "Triton's stubs outlived it"
+        assert not any(r.exists() for r in regions)
+    finally:
+        if process.poll() is None:
+            process.kill()

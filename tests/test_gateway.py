@@ -445,3 +445,23 @@ def test_refuses_open_non_loopback_bind(tmp_path):
     assert run_gateway_cli("--check-config", env={"VGG_GATEWAY_HOST": "0.0.0.0",
                                                    "VGG_GATEWAY_ALLOW_OPEN": "true"}).returncode == 0
     assert run_gateway_cli("--max-inflight", "0", "--check-config").returncode == 2
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("not a url", "is not HOST:PORT"), ("localhost:abc", "is not HOST:PORT"), ("http://:8000", "is not HOST:PORT"),
+    ("127.0.0.1:0", "is not HOST:PORT"), ("http://example.com:8000/v2", "is not HOST:PORT"),
+    ("https://127.0.0.1:8000", "only plain http://"),
+])
+def test_a_malformed_triton_url_is_refused_at_start(url, reason):
+    from server.gateway.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(["--triton-url", "127.0.0.1:8000", "--triton-url", url], environ={})
+    assert load_settings(["--triton-url", "http://triton.internal:8000/"], environ={})[0].triton_urls
+
+
+def test_a_malformed_triton_url_is_one_line_and_status_2():
+    refused = run_gateway_cli("--triton-url", "not a url", "--port", str(free_port()))
+    assert refused.returncode == 2
+    assert refused.stderr == "gateway: --triton-url 'not a url' is not HOST:PORT of Triton's HTTP endpoint " \
+                             "(e.g. 127.0.0.1:8000)\n"

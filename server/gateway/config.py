@@ -49,6 +49,8 @@ class Settings:
         """Raise ConfigError on nonsense and on an open, non-loopback bind without an explicit opt-in."""
         if not self.triton_urls:
             raise ConfigError("at least one --triton-url is required")
+        for url in self.triton_urls:
+            check_triton_url(url)
         positive = {
             "max_body_bytes": self.max_body_bytes, "max_batch_files": self.max_batch_files,
             "max_top_k": self.max_top_k, "max_inflight": self.max_inflight, "queue_timeout_s": self.queue_timeout_s,
@@ -70,6 +72,16 @@ class Settings:
                 f"refusing to serve on non-loopback address {self.host!r} without API keys: "
                 f"set --api-key / {ENV_PREFIX}API_KEYS, or pass --allow-open to run open on purpose")
         return self
+
+
+def check_triton_url(url: str) -> None:
+    """ConfigError unless ``url`` is a Triton HTTP endpoint as the gateway reaches it: HOST:PORT or http://HOST:PORT."""
+    address = url.removeprefix("http://").rstrip("/")
+    host, _, port = address.rpartition(":")
+    if "://" in address:
+        raise ConfigError(f"--triton-url {url!r}: only plain http:// is supported (put TLS in front of the gateway)")
+    if not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--triton-url {url!r} is not HOST:PORT of Triton's HTTP endpoint (e.g. 127.0.0.1:8000)")
 
 
 def is_loopback(host: str) -> bool:

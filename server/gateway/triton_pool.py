@@ -36,7 +36,8 @@ class Endpoint:
 
     def mark(self, healthy: bool, reason: str = "") -> None:
         if healthy != self.healthy:
-            log.warning("Triton %s is now %s%s", self.url, "up" if healthy else "down", f": {reason}" if reason else "")
+            log.log(logging.INFO if healthy else logging.WARNING, "Triton %s is now %s%s", self.url,
+                    "up" if healthy else "down", f": {reason}" if reason else "")
         self.healthy = healthy
         if not healthy:
             self.failures += 1

@@ -25,9 +25,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench.common import free_port
-from server.pipeline_spec import Pipeline, Spec
+from server.pipeline_spec import Pipeline, Spec, SpecError
 from server.repository import generate, read_member
-from server.triton_launcher import TritonServer
+from server.triton_launcher import LaunchError, TritonServer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -92,8 +92,6 @@ def scratch_repository(source: Path, members: list[str], rows: list[Row], folder
     repository = folder / "repository"
     repository.mkdir()
     for member in members:
-        if not (source / member / "config.pbtxt").exists():
-            raise EvaluationError(f"model {member!r} is not in {source}; export it with export/to_onnx.py")
         (repository / member).symlink_to((source / member).resolve(), target_is_directory=True)
     generate(Spec(pipelines={row.pipeline.name: row.pipeline for row in rows}), repository)
     return repository
@@ -137,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     try:
+        for member in args.members:
+            if not (args.repository / member / "config.pbtxt").exists():
+                raise EvaluationError(f"model {member!r} is not in {args.repository}; export it with "
+                                      "export/to_onnx.py (the demo nets: make repository)")
         labels = read_member(args.repository, args.members[0]).labels
         class_names = labels.read_text().split() if labels else []
         samples = image_folder(args.data, class_names)
@@ -149,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 for row in rows:
                     row.top1, row.top5 = evaluate(server.grpc_url, row.pipeline.name, samples, args.workers)
                     print(f"{row.what}: top-1 error {row.top1:.1f} %, top-5 error {row.top5:.1f} %", flush=True)
-    except EvaluationError as exc:
+    except (EvaluationError, SpecError, LaunchError) as exc:  # a scale below the nets' size is the spec's error
         print(f"accuracy: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Triton, if started, is stopped on the way out
+        print("accuracy: interrupted", file=sys.stderr)
+        return 130
     table = report(rows, args.data, len(samples), time.perf_counter() - started)
     print(table)
     if args.out:

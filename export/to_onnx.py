@@ -89,7 +89,7 @@ def export(args: argparse.Namespace) -> Path:
           f"training size {config.training_size}, {sum(p.numel() for p in vgg.parameters()) / 1e6:.1f} M parameters")
     labels = read_labels(args.labels, config.num_classes)
     normalization = Normalization.preset(args.normalize, bgr=args.bgr)
-    name = args.name or default_name(args.checkpoint)
+    name = default_name(args.checkpoint) if args.name is None else args.name
     serving = ServingOptions(max_batch_size=args.max_batch_size, instances=args.instances,
                              intra_op_threads=args.threads)
     try:

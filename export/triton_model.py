@@ -77,8 +77,15 @@ class StagedModel:
     def __init__(self, repository: Path, name: str, version: int | None) -> None:
         if not MODEL_NAME_PATTERN.match(name):
             raise ValueError(f"model name {name!r} must be letters, digits, '_', '-' or '.'")
+        if version is not None and version < 1:
+            raise ValueError(f"version {version}: Triton serves only versions 1 and up")
         repository.mkdir(parents=True, exist_ok=True)
         self.model_dir = repository / name
+        writable = self.model_dir if self.model_dir.exists() else repository
+        try:  # now, not after the export has run for a minute
+            tempfile.TemporaryFile(dir=writable).close()
+        except OSError as exc:
+            raise OSError(f"cannot write into {writable}: {exc.strerror or exc}") from None
         self.version = version if version is not None else next_version(self.model_dir)
         if (self.model_dir / str(self.version)).exists():
             raise FileExistsError(f"{self.model_dir / str(self.version)} already exists; choose another --version")

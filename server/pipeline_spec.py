@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 MODES = ("dense", "multi-crop", "dense+multi-crop")
@@ -102,6 +102,10 @@ class Spec:
     limits: dict[str, float] = field(default_factory=dict)
 
 
+TABLES = frozenset({"limits", "models", "pipelines"})
+_EXAMPLES = {"members": '["vgg16"]', "scales": "[256, 384, 512]", "weights": "[1.0, 2.0]"}
+
+
 def load_spec(path: Path) -> Spec:
     try:
         raw = tomllib.loads(path.read_text())
@@ -109,6 +113,10 @@ def load_spec(path: Path) -> Spec:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: invalid TOML ({exc})") from None
+    unknown = sorted(set(raw) - TABLES)
+    if unknown:
+        tables = ", ".join(f"[{t}]" for t in sorted(TABLES))
+        raise SpecError(f"{path}: unknown table [{unknown[0]}]; a spec has {tables}")
     spec = Spec(limits=dict(raw.get("limits", {})))
     for name, entry in raw.get("models", {}).items():
         entry = dict(entry)
@@ -122,6 +130,8 @@ def load_spec(path: Path) -> Spec:
         entry = dict(entry)
         for key in ("members", "scales", "weights"):
             if key in entry:
+                if not isinstance(entry[key], list):
+                    raise SpecError(f"{where}: {key} must be a list, e.g. {key} = {_EXAMPLES[key]}")
                 entry[key] = tuple(entry[key])
         pipeline = _build(Pipeline, where, name=name, **entry)
         _check_pipeline(pipeline, where)
@@ -131,9 +141,13 @@ def load_spec(path: Path) -> Spec:
     return spec
 
 
-def _build(cls: type, where: str, **fields: object) -> object:
+def _build(cls: type, where: str, **values: object) -> object:
+    known = [f.name for f in fields(cls) if f.init and f.name != "name"]
+    unknown = sorted(set(values) - set(known) - {"name"})
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
     try:
-        return cls(**fields)
+        return cls(**values)
     except TypeError as exc:
         raise SpecError(f"{where}: {exc}".replace(f"{cls.__name__}.__init__() ", "")) from None
 

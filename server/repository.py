@@ -61,16 +61,23 @@ def export_missing(spec: Spec, repository: Path) -> None:
     the server never imports torch). The exporter writes into a staging repository beside the real one and only the
     missing models are moved in, so a model already served is never rewritten or given a new version."""
     needed = {m for p in spec.pipelines.values() for m in p.members}
+    todo = []
     for source in sorted(spec.models.values(), key=lambda s: s.name):
-        names = source.exported_names()
-        missing = [n for n in names if n in needed and not (repository / n / "config.pbtxt").exists()]
-        if source.checkpoint is None or not missing:
-            continue
+        missing = [n for n in source.exported_names() if n in needed and not (repository / n / "config.pbtxt").exists()]
+        if source.checkpoint is not None and missing:
+            todo.append((source, {n: source.exported_names()[n] for n in missing}))
+    for source, _ in todo:  # all inputs exist before the first export: no half-built repository from a typo
+        for what, relative in (("checkpoint", source.checkpoint), ("labels", source.labels),
+                               ("calibration", source.calibration)):
+            if relative and not (PROJECT_ROOT / relative).exists():
+                raise SpecError(f"models.{source.name}: {what} {PROJECT_ROOT / relative} does not exist "
+                                "(relative paths start at the project root)")
+    for source, missing in todo:
         command = [sys.executable, str(PROJECT_ROOT / "export" / "to_onnx.py"), str(PROJECT_ROOT / source.checkpoint),
                    "--name", source.name, "--instances", str(source.instances), "--threads", str(source.threads)]
         if source.labels:
             command += ["--labels", str(PROJECT_ROOT / source.labels)]
-        variants = [names[n] for n in missing if names[n]]
+        variants = [variant for variant in missing.values() if variant]
         if "int8" in variants:
             command += ["--quantize", "int8"]
         if "bf16" in variants:

@@ -130,6 +130,16 @@ def test_triton_model_directory_and_versions(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".net-")], "staging directory left behind"
 
 
+def test_versions_below_1_and_an_empty_name_are_refused(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "net.pt", "A", seed=1)
+    for args, message in ((["--version", "0"], "version 0: Triton serves only versions 1 and up"),
+                          (["--name", ""], "model name '' must be letters, digits")):
+        result = run_cli(str(checkpoint), "--repository", str(tmp_path / "repo"), *args)
+        assert result.returncode == 1 and result.stderr.startswith(f"to_onnx.py: error: {message}"), result.stderr
+        assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "repo" / "net").exists()
+
+
 def test_fp16_weights(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "net.pt", "D", seed=4, batch_norm=True)
     assert export_main([str(checkpoint), "--repository", str(tmp_path / "repo"), "--fp16"]) == 0

@@ -62,7 +62,13 @@ BAD_SPECS = {
     "weights": ('[pipelines.p]\nmembers = ["vgg_a", "vgg_d"]\nweights = [1]\nscales = [64]\n',
                 "weights must be one positive number per member"),
     "unknown field": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nflip = true\n',
-                      "unexpected keyword argument 'flip'"),
+                      "pipelines.p: unknown key 'flip'; known keys: members, scales, "),
+    "unknown table": ('[pipeline.p]\nmembers = ["vgg_a"]\nscales = [64]\n[pipelines.q]\nmembers = ["vgg_a"]\n'
+                      'scales = [64]\n', "unknown table [pipeline]; a spec has [limits], [models], [pipelines]"),
+    "not a list": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = "80"\n', "scales must be a list, e.g. scales = ["),
+    "missing checkpoint": ('[models.vgg_new]\ncheckpoint = "models/demo/nope.pt"\n[pipelines.p]\n'
+                           'members = ["vgg_new"]\nscales = [64]\n',
+                           "models.vgg_new: checkpoint /"),
     "crop": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\nmode = "multi-crop"\ncrop_size = 96\n',
              "crop_size 96 must be between 64 and the smallest scale"),
     "toml": ("[pipelines.p\n", "invalid TOML"),

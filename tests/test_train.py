@@ -200,6 +200,8 @@ def test_bad_resume_and_init_fail_with_one_clear_line(tiny_data: Path, trained: 
         (["--out", str(tmp_path / "never.pt"), "--resume"], "does not exist"),
         (["--out", str(tmp_path / "x.pt"), "--arch", "E", "--init-from", str(tmp_path / "d.pt")], "configuration A"),
         (["--out", str(tmp_path / "x.pt"), "--arch", "E", "--init-from", str(tmp_path / "none.pt")], "no such file"),
+        (["--out", str(tmp_path)], f"--out {tmp_path} is a folder; name the checkpoint file"),
+        (["--out", str(tmp_path / "d.pt" / "x.pt")], f"cannot write into {tmp_path / 'd.pt'}"),
     ]
     for args, message in cases:
         assert fit.main(["--data", str(tiny_data), *TINY, *args]) == 1

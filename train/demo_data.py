@@ -98,11 +98,12 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
 
 
-def build(out: Path, per_class_train: int = Counts.train, per_class_val: int = Counts.val,
+def build(out: str | Path, per_class_train: int = Counts.train, per_class_val: int = Counts.val,
           per_class_test: int = Counts.test, seed: int = 0) -> dict:
     """Write the dataset under out (replacing its split folders) and return the manifest it also saves."""
     from sklearn.datasets import load_digits  # imported here: the package's other modules do not need sklearn
 
+    out = Path(out)
     digits = load_digits()
     images, targets = digits.images, digits.target
     split = source_split(targets, seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Run:
 
 def prepare(recipe: Recipe) -> Run:
     """Everything that can fail because of the user's input happens here, before any process is spawned."""
+    check_writable(recipe.out_path)
     torch.manual_seed(recipe.seed)  # identical initial weights in every process
     train, val = resolve_splits(Path(recipe.data), Path(recipe.val) if recipe.val else None, recipe.val_fraction,
                                 recipe.seed)
@@ -72,6 +74,17 @@ def prepare(recipe: Recipe) -> Run:
     if recipe.resume:
         _restore(run)
     return run
+
+
+def check_writable(out: Path) -> None:
+    """--out names a file that can be written: found now, not after the first epoch."""
+    if out.is_dir():
+        raise RecipeError(f"--out {out} is a folder; name the checkpoint file, e.g. {out / 'vgg_a.pt'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        raise RecipeError(f"--out {out}: cannot write into {out.parent} ({exc.strerror or exc})") from None
 
 
 def _restore(run: Run) -> None:

@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.onnx_graph import INPUT_NAME, PROBS_NAME, SCORES_NAME, Normalization
 from export.vgg import VGGConfig
+from server.staging import staging_dir
 
 LABELS_FILE = "labels.txt"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet1k_labels.txt")
@@ -89,8 +90,7 @@ class StagedModel:
         self.version = version if version is not None else next_version(self.model_dir)
         if (self.model_dir / str(self.version)).exists():
             raise FileExistsError(f"{self.model_dir / str(self.version)} already exists; choose another --version")
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository.resolve().parent))
-        self.staging.chmod(0o755)  # mkdtemp's 0700 would follow the rename and lock out a Triton of another user
+        self.staging = staging_dir(repository, f".{name}-")
         (self.staging / str(self.version)).mkdir()
         self.onnx_path = self.staging / str(self.version) / "model.onnx"
 

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -25,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from server.imaging import ImageLimits
 from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
+from server.staging import staging_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STEP_SOURCES = Path(__file__).resolve().parent / "triton_models"
@@ -85,8 +85,7 @@ def export_missing(spec: Spec, repository: Path) -> None:
         if variants:
             command += ["--calibration", str(PROJECT_ROOT / (source.calibration or ""))]
         print(f"exporting {', '.join(missing)} from {source.checkpoint}", flush=True)
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".export-{source.name}-", dir=repository.parent))
+        staging = staging_dir(repository, f".export-{source.name}-")
         try:
             if subprocess.run([*command, "--repository", str(staging)]).returncode != 0:
                 raise SpecError(f"exporting {source.name} from {source.checkpoint} failed (see above)")

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not start_reporting(triton, "serve"):
         return 1
+    if stop.requested:  # Ctrl-C while Triton was loading
+        triton.stop()
+        return 130
     gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.http_url,
                                 "--host", args.address, "--port", str(args.gateway_port)])
     print(f"Gateway starting on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",

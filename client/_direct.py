@@ -22,8 +22,10 @@ from client.results import Classification, PipelineInfo, Prediction
 
 SPEC_PARAMETER = "pipeline.spec"
 _IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
+IMAGE_ERROR_CODES = frozenset(_IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
 _IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
 SCHEMES = ("grpc://", "triton://")
+PIPELINES_MAX_AGE_S = 15.0  # as the gateway's --catalog-refresh-s
 
 
 def strip_scheme(url: str) -> str:
@@ -120,45 +122,81 @@ def prepare_request(module: Any, pipelines: dict, data: bytes, top_k: int, pipel
     name = pipeline or default_pipeline(pipelines)
     info = pipelines.get(name)
     if info is None:
-        raise ClientError(404, "unknown_pipeline", f"unknown pipeline {name!r}")
+        raise ClientError(404, "unknown_pipeline",
+                          f"unknown pipeline {name!r}; available: {', '.join(sorted(pipelines)) or 'none'}")
     if not data:
         raise ClientError(422, "invalid_image", "the image is empty")
     k = min(top_k, info.num_classes) if info.num_classes else top_k
     tensor, output = request_parts(module, data, k)
     return info, tensor, output
 
+class PipelineCache:
+    """What Triton serves, re-read after ``max_age_s`` (as the gateway does), so a long-lived client follows
+    repository changes."""
+
+    def __init__(self, max_age_s: float = PIPELINES_MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self.value: dict[str, PipelineInfo] | None = None
+        self.read_at = 0.0
+
+    def fresh(self) -> dict[str, PipelineInfo] | None:
+        return self.value if time.monotonic() - self.read_at < self.max_age_s else None
+
+    def keep(self, value: dict[str, PipelineInfo]) -> dict[str, PipelineInfo]:
+        self.value, self.read_at = value, time.monotonic()
+        return value
+
+
 class DirectTransport:
-    """Synchronous gRPC to Triton; one channel per thread (the sync tritonclient is not shared across threads)."""
+    """Synchronous gRPC to Triton. The sync tritonclient is not shared across threads: each call borrows an idle
+    client (a new one only when all are busy), so a pool of N threads ends up with N clients, however many jobs."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = strip_scheme(url)
         self.timeout = timeout
         self._module = _import_grpc(aio=False)
-        self._local = threading.local()
+        self._idle: list[Any] = []
         self._clients: list[Any] = []
         self._lock = threading.Lock()
-        self._pipelines: dict[str, PipelineInfo] | None = None
+        self._pipelines = PipelineCache()
 
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
+    def _borrow(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
             client = self._module.InferenceServerClient(self.url)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
-        return client
+            self._clients.append(client)
+            return client
+
+    def _give_back(self, client: Any) -> None:
+        with self._lock:
+            if client in self._clients:  # not if closed meanwhile
+                self._idle.append(client)
 
     def pipelines(self) -> dict[str, PipelineInfo]:
-        if self._pipelines is None:
-            client = self._client()
-            try:
-                index = client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
-                names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
-                configs = [client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
-            except self._module.InferenceServerException as exc:
-                raise map_error(exc) from None
-            self._pipelines = parse_pipelines(index, configs)
-        return self._pipelines
+        cached = self._pipelines.fresh()
+        if cached is not None:
+            return cached
+        client = self._borrow()
+        try:
+            index = client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+            names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+            configs = [client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
+        except self._module.InferenceServerException as exc:
+            raise map_error(exc) from None
+        finally:
+            self._give_back(client)
+        return self._pipelines.keep(parse_pipelines(index, configs))
+
+    def ready(self) -> bool:
+        """Asks Triton now (the pipeline cache could be older than Triton's death)."""
+        client = self._borrow()
+        try:
+            return bool(client.is_server_ready(client_timeout=min(self.timeout, 5.0)))
+        except self._module.InferenceServerException:
+            return False
+        finally:
+            self._give_back(client)
 
     def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()
@@ -168,11 +206,18 @@ class DirectTransport:
         finished = threading.Event()
         outcome: list[Any] = []
 
+        client = self._borrow()
+
         def done(result: Any, error: Any) -> None:
             outcome.append((result, error))
+            self._give_back(client)  # only now: a call that timed out here still runs on it
             finished.set()
 
-        self._client().async_infer(info.name, [tensor], done, outputs=[output])
+        try:
+            client.async_infer(info.name, [tensor], done, outputs=[output])
+        except BaseException:
+            self._give_back(client)
+            raise
         if not finished.wait(self.timeout):
             raise ClientError(504, "triton_timeout", "Triton did not answer in time")
         result, error = outcome[0]
@@ -186,6 +231,7 @@ class DirectTransport:
             for client in self._clients:
                 client.close()
             self._clients.clear()
+            self._idle.clear()
 
 
 class AsyncDirectTransport:
@@ -198,7 +244,7 @@ class AsyncDirectTransport:
         self._error = _import_grpc(aio=False).InferenceServerException
         self._running: set[asyncio.Future[Any]] = set()
         self._client: Any = None
-        self._pipelines: dict[str, PipelineInfo] | None = None
+        self._pipelines = PipelineCache()
 
     def client(self) -> Any:
         if self._client is None:  # created lazily: grpc.aio channels bind to the running loop
@@ -206,17 +252,23 @@ class AsyncDirectTransport:
         return self._client
 
     async def pipelines(self) -> dict[str, PipelineInfo]:
-        if self._pipelines is None:
-            client = self.client()
-            try:
-                index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
-                names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
-                configs = [await client.get_model_config(n, as_json=True, client_timeout=self.timeout)
-                           for n in names]
-            except self._error as exc:
-                raise map_error(exc) from None
-            self._pipelines = parse_pipelines(index, configs)
-        return self._pipelines
+        cached = self._pipelines.fresh()
+        if cached is not None:
+            return cached
+        client = self.client()
+        try:
+            index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+            names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+            configs = [await client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
+        except self._error as exc:
+            raise map_error(exc) from None
+        return self._pipelines.keep(parse_pipelines(index, configs))
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client().is_server_ready(client_timeout=min(self.timeout, 5.0)))
+        except self._error:
+            return False
 
     async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import httpx
 
 from client import _http
-from client._direct import SCHEMES, AsyncDirectTransport
+from client._direct import IMAGE_ERROR_CODES, SCHEMES, AsyncDirectTransport
 from client.errors import ClientError
-from client.images import ImageInput, encode
-from client.inputs import Inputs, iter_paths
+from client.images import ImageInput, encode, encode_or_error
+from client.inputs import Inputs, check_options, check_timeout, iter_paths
 from client.results import Classification, PipelineInfo, ScoreResult
 from client.retry import RetryPolicy
 from client.sync_client import DEFAULT_URL
@@ -28,6 +28,7 @@ class AsyncClient:
                  retry: RetryPolicy | None = None, max_connections: int = 64) -> None:
         self.url = url
         self.retry = retry or RetryPolicy()
+        check_timeout(timeout)
         self._direct: AsyncDirectTransport | None = None
         self._http: httpx.AsyncClient | None = None
         if url.startswith(SCHEMES):
@@ -38,6 +39,7 @@ class AsyncClient:
                                            limits=limits)
 
     async def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None) -> Classification:
+        check_options(top_k)
         data, kind, _ = encode(image)
         if self._direct:
             direct = self._direct
@@ -50,14 +52,20 @@ class AsyncClient:
 
     async def classify_batch(self, images: list[ImageInput], top_k: int = 5,
                              pipeline: str | None = None) -> list[Classification | ClientError]:
-        encoded = [encode(image) for image in images]
-        if self._direct:
-            return list(await asyncio.gather(*(self._safe(self.classify(d, top_k, pipeline)) for d, _, _ in encoded)))
-        request = _http.batch_request(encoded, top_k, pipeline)
+        check_options(top_k)
+        parts = [encode_or_error(image) for image in images]
+        sent = [part for part in parts if not isinstance(part, ClientError)]
+        results: list[Classification | ClientError] = []
+        if sent and self._direct:
+            results = list(await asyncio.gather(*(self._safe(self.classify(d, top_k, pipeline)) for d, _, _ in sent)))
+        elif sent:
+            request = _http.batch_request(sent, top_k, pipeline)
 
-        async def call() -> list[Classification | ClientError]:
-            return _http.parse_batch(await self._post(request))
-        return await self._retrying(call)
+            async def call() -> list[Classification | ClientError]:
+                return _http.parse_batch(await self._post(request))
+            results = await self._retrying(call)
+        answers = iter(results)
+        return [part if isinstance(part, ClientError) else next(answers) for part in parts]
 
     async def pipelines(self) -> list[PipelineInfo]:
         if self._direct:
@@ -70,15 +78,20 @@ class AsyncClient:
     async def ready(self) -> bool:
         try:
             if self._direct:
-                return bool(await self._direct.pipelines())
+                return await self._direct.ready()
             await self._get("/readyz")
         except ClientError:
             return False
         return True
 
-    async def score(self, inputs: Inputs, concurrency: int = 8, top_k: int = 5, pipeline: str | None = None,
-                    skip: Container[str] = ()) -> AsyncIterator[ScoreResult]:
+    def score(self, inputs: Inputs, concurrency: int = 8, top_k: int = 5, pipeline: str | None = None,
+              skip: Container[str] = ()) -> AsyncIterator[ScoreResult]:
         """Like Client.score: results as they complete, at most ``concurrency`` requests in flight."""
+        check_options(top_k, concurrency)  # now, not at the first iteration
+        return self._score(inputs, concurrency, top_k, pipeline, skip)
+
+    async def _score(self, inputs: Inputs, concurrency: int, top_k: int, pipeline: str | None,
+                     skip: Container[str]) -> AsyncIterator[ScoreResult]:
         pending: set[asyncio.Task[ScoreResult]] = set()
         try:
             for path in iter_paths(inputs):
@@ -126,6 +139,8 @@ class AsyncClient:
         try:
             return await call
         except ClientError as exc:
+            if exc.code not in IMAGE_ERROR_CODES:
+                raise
             return exc
 
     async def _post(self, request: dict[str, Any]) -> Any:

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import httpx
 
 from client import _http
-from client._direct import SCHEMES, DirectTransport
+from client._direct import IMAGE_ERROR_CODES, SCHEMES, DirectTransport
 from client.errors import ClientError
-from client.images import ImageInput, encode
-from client.inputs import Inputs, iter_paths
+from client.images import ImageInput, encode, encode_or_error
+from client.inputs import Inputs, check_options, check_timeout, iter_paths
 from client.results import Classification, PipelineInfo, ScoreResult
 from client.retry import RetryPolicy
 
@@ -28,6 +28,7 @@ class Client:
                  retry: RetryPolicy | None = None, max_connections: int = 64) -> None:
         self.url = url
         self.retry = retry or RetryPolicy()
+        check_timeout(timeout)
         self._direct: DirectTransport | None = None
         self._http: httpx.Client | None = None
         if url.startswith(SCHEMES):
@@ -39,6 +40,7 @@ class Client:
 
     def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None) -> Classification:
         """Top-k classes for one image (a path, bytes, a PIL image or an HxW[xC] numpy array)."""
+        check_options(top_k)
         data, kind, _ = encode(image)
         if self._direct:
             return self._retrying(lambda: self._direct.classify(data, top_k, pipeline))  # type: ignore[union-attr]
@@ -47,12 +49,19 @@ class Client:
 
     def classify_batch(self, images: list[ImageInput], top_k: int = 5,
                        pipeline: str | None = None) -> list[Classification | ClientError]:
-        """Several images in one request; a bad image gives a ClientError in its slot, not an exception."""
-        encoded = [encode(image) for image in images]
-        if self._direct:
-            return [self._safe(lambda d=d: self.classify(d, top_k, pipeline)) for d, _, _ in encoded]
-        request = _http.batch_request(encoded, top_k, pipeline)
-        return self._retrying(lambda: _http.parse_batch(self._post(request)))
+        """Several images in one request; a bad image (unreadable, or refused by the server) gives a ClientError in
+        its slot, not an exception. The gateway takes up to --max-batch-files (32) images a request."""
+        check_options(top_k)
+        parts = [encode_or_error(image) for image in images]
+        sent = [part for part in parts if not isinstance(part, ClientError)]
+        results: list[Classification | ClientError] = []
+        if sent and self._direct:
+            results = [self._safe(lambda d=d: self.classify(d, top_k, pipeline)) for d, _, _ in sent]
+        elif sent:
+            request = _http.batch_request(sent, top_k, pipeline)
+            results = self._retrying(lambda: _http.parse_batch(self._post(request)))
+        answers = iter(results)
+        return [part if isinstance(part, ClientError) else next(answers) for part in parts]
 
     def pipelines(self) -> list[PipelineInfo]:
         if self._direct:
@@ -63,7 +72,7 @@ class Client:
         """True when the service (gateway and Triton behind it, or Triton itself) can classify now."""
         try:
             if self._direct:
-                return bool(self._direct.pipelines())
+                return self._direct.ready()
             self._get("/readyz")
         except ClientError:
             return False
@@ -76,6 +85,11 @@ class Client:
         ``inputs``: a directory (recursive), a glob, a .txt list of paths, a path, or an iterable of these.
         Per-file failures are yielded as results with ``error`` set; paths in ``skip`` are not scored.
         """
+        check_options(top_k, concurrency)  # now, not at the first next()
+        return self._score(inputs, concurrency, top_k, pipeline, skip)
+
+    def _score(self, inputs: Inputs, concurrency: int, top_k: int, pipeline: str | None,
+               skip: Container[str]) -> Iterator[ScoreResult]:
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
         pending: set[Future[ScoreResult]] = set()
         try:
@@ -117,9 +131,13 @@ class Client:
 
     @staticmethod
     def _safe(call: Callable[[], Classification]) -> Classification | ClientError:
+        """An image's own fault as its result; anything else (unknown pipeline, service down) fails the batch, as
+        through the gateway."""
         try:
             return call()
         except ClientError as exc:
+            if exc.code not in IMAGE_ERROR_CODES:
+                raise
             return exc
 
     def _post(self, request: dict[str, Any]) -> Any:

@@ -76,6 +76,59 @@ def test_pipelines_and_batch(gateway, sample_images):
         same(results[2], client.classify(images[1], top_k=3))
 
 
+def test_bad_arguments_are_refused_before_any_request():
+    """Wrong arguments fail at the call, with Python's own exception types, whatever the server would say."""
+    from client.images import encode
+
+    with Client(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(attempts=1)) as client:
+        image = np.zeros((80, 80, 3), np.uint8)
+        for top_k, error in ((0, ValueError), (-1, ValueError), ("5", TypeError), (True, TypeError), (1.5, TypeError)):
+            with pytest.raises(error, match="top_k must be"):
+                client.classify(image, top_k=top_k)
+        with pytest.raises(ValueError, match="concurrency must be at least 1"):
+            client.score(["a.png"], concurrency=0)  # at the call, before any iteration
+        with pytest.raises(TypeError, match="not image bytes"):
+            next(client.score(b"abc"))
+    with pytest.raises(ValueError, match="timeout must be a positive"):
+        Client(timeout=0)
+    pixels = {
+        "float 0..255": (np.full((8, 8, 3), 200.0), ValueError, "float pixels must be in 0..1, got 200..200"),
+        "NaN": (np.full((8, 8), np.nan), ValueError, "float pixels must be in 0..1"),
+        "16-bit": (np.full((8, 8), 4095, np.uint16), ValueError, "integer pixels must be in 0..255, got 4095..4095"),
+        "empty": (np.zeros((0, 0, 3), np.uint8), ValueError, r"the array is empty \(shape \(0, 0, 3\)\)"),
+        "objects": (np.array([[None, 1]], dtype=object), TypeError, "unsupported pixel type object"),
+    }
+    for array, error, message in pixels.values():
+        with pytest.raises(error, match=message):
+            encode(array)
+    assert encode(Image.new("I", (8, 8), 70000))[1] == "image/png"  # 32-bit ints: converted, not Pillow's error
+    assert encode(np.ones((8, 8), bool))[1] == "image/png"
+
+
+def test_batches_put_each_image_fault_in_its_slot_and_fail_whole_for_the_rest(gateway, triton, sample_images,
+                                                                              tmp_path):
+    image = next(iter(sample_images.values()))
+    for url in (gateway.url, f"grpc://{triton.grpc_url}"):
+        with Client(url) as client:
+            assert client.classify_batch([]) == []
+            results = client.classify_batch([image, tmp_path / "missing.png", b"junk"], top_k=2)
+            assert isinstance(results[0], Classification)
+            assert (results[1].code, results[2].code) == ("read_error", "invalid_image"), url
+            with pytest.raises(ClientError) as unknown:
+                client.classify_batch([image, b"junk"], pipeline="nope")
+            assert unknown.value.code == "unknown_pipeline" and "available: " in unknown.value.message, url
+
+
+def test_direct_mode_asks_triton_when_asked_if_ready_and_reuses_its_clients(triton, photo_dir):
+    with Client(f"grpc://{triton.grpc_url}") as client:
+        assert client.ready()
+        for _ in range(3):
+            assert all(r.ok for r in client.score(photo_dir / "nested", concurrency=4))
+        assert len(client._direct._clients) <= 4  # one per thread in flight, not per thread ever started
+    with Client(f"grpc://127.0.0.1:{free_port()}") as closed:
+        assert not closed.ready()
+
+
 def test_retries_on_429_until_served(triton, tmp_path_factory, sample_images):
     server = start_gateway(tmp_path_factory, [triton.http_url], "--max-inflight", "1", "--max-queue", "0",
                            wait_ready=True)

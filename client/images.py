@@ -81,7 +81,9 @@ def _array_to_pil(array: Any) -> Any:
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {pixels.shape}")
+        hint = "; channels first? pass array.transpose(1, 2, 0)" if pixels.ndim == 3 and pixels.shape[0] in (3, 4) \
+            else ""
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {pixels.shape}{hint}")
     return Image.fromarray(pixels)
 
 

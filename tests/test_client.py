@@ -97,6 +97,7 @@ def test_bad_arguments_are_refused_before_any_request():
         "16-bit": (np.full((8, 8), 4095, np.uint16), ValueError, "integer pixels must be in 0..255, got 4095..4095"),
         "empty": (np.zeros((0, 0, 3), np.uint8), ValueError, r"the array is empty \(shape \(0, 0, 3\)\)"),
         "objects": (np.array([[None, 1]], dtype=object), TypeError, "unsupported pixel type object"),
+        "channels first": (np.zeros((3, 8, 8), np.uint8), ValueError, r"channels first\? pass array.transpose"),
     }
     for array, error, message in pixels.values():
         with pytest.raises(error, match=message):

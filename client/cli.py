@@ -16,7 +16,7 @@ from pathlib import Path
 
 from client.errors import ClientError
 from client.images import IMAGE_SUFFIXES
-from client.inputs import iter_paths
+from client.inputs import check_options, iter_paths
 from client.output import ResultFile
 from client.progress import Progress
 from client.sync_client import DEFAULT_URL, Client
@@ -115,10 +115,8 @@ def check_service(client: Client, pipeline: str | None) -> None:
 
 def score(client: Client, args: argparse.Namespace) -> int:
     """Run a resumable scoring job; every finished file is on disk before the next one is reported."""
-    if args.concurrency < 1 or args.top_k < 1:
-        print("client: --concurrency and --top-k must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     try:
+        check_options(args.top_k, args.concurrency)
         output = ResultFile(args.output)
         paths = check_inputs(args.inputs)
         check_service(client, args.pipeline)

@@ -63,9 +63,10 @@ def export_missing(spec: Spec, repository: Path) -> None:
     needed = {m for p in spec.pipelines.values() for m in p.members}
     todo = []
     for source in sorted(spec.models.values(), key=lambda s: s.name):
-        missing = [n for n in source.exported_names() if n in needed and not (repository / n / "config.pbtxt").exists()]
+        missing = {name: variant for name, variant in source.exported_names().items()
+                   if name in needed and not (repository / name / "config.pbtxt").exists()}
         if source.checkpoint is not None and missing:
-            todo.append((source, {n: source.exported_names()[n] for n in missing}))
+            todo.append((source, missing))
     for source, _ in todo:  # all inputs exist before the first export: no half-built repository from a typo
         for what, relative in (("checkpoint", source.checkpoint), ("labels", source.labels),
                                ("calibration", source.calibration)):

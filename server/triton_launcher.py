@@ -205,8 +205,7 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._finish()
+            if self.process.poll() is not None:  # start() cleans up after any failure here
                 raise LaunchError(f"tritonserver exited with status {self.process.returncode} before it was ready:\n"
                                   + (self.load_failures() or self.log_tail()))
             try:
@@ -216,7 +215,6 @@ class TritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
-        self.kill()
         raise LaunchError(f"tritonserver was not ready within {self.ready_timeout:.0f} s:\n" + self.log_tail())
 
     def load_failures(self) -> str:

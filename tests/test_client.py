@@ -315,6 +315,7 @@ def test_score_cli_refuses_what_it_cannot_do_before_scoring_anything(gateway, ph
         (str(tmp_path / "*.nope"),): f"{tmp_path / '*.nope'}: no file matches",
         (str(empty),): f"no image files in {empty} (looked for .bmp",
         (str(photo_dir), "--pipeline", "nope"): "unknown pipeline 'nope'; served: ",
+        (str(photo_dir), "--top-k", "0"): "top_k must be at least 1, got 0",
     }
     for args, message in cases.items():
         assert main(["--url", gateway.url, "score", *args, "-o", str(out)]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
@@ -25,6 +26,10 @@ _IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small"
 IMAGE_ERROR_CODES = frozenset(_IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
 _IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
 SCHEMES = ("grpc://", "triton://")
+# Triton's access key, as the launcher enforces it (server/triton_access.py): a header, from these variables.
+KEY_HEADER, KEY_ENV, KEY_FILE_ENV = "vgg-triton-key", "VGG_TRITON_KEY", "VGG_TRITON_KEY_FILE"
+GRPC_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER  # Triton's gRPC frontend looks for the key under this name
+UNHEALTHY_STUB = "is not healthy"  # Triton's "Stub process '<instance>' is not healthy."
 PIPELINES_MAX_AGE_S = 15.0  # as the gateway's --catalog-refresh-s
 
 
@@ -46,6 +51,24 @@ def _import_grpc(aio: bool) -> Any:
     return module
 
 
+def read_triton_key(key: str | None = None) -> str | None:
+    """``key``, else ``$VGG_TRITON_KEY``, else the first line of the file ``$VGG_TRITON_KEY_FILE`` names."""
+    if key:
+        return key
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].strip()
+    path = os.environ.get(KEY_FILE_ENV)
+    if not path:
+        return None
+    try:
+        lines = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]  # noqa: SIM115
+    except OSError as exc:
+        raise ValueError(f"cannot read the Triton key file {path} (${KEY_FILE_ENV}): {exc.strerror}") from None
+    if not lines:
+        raise ValueError(f"the Triton key file {path} (${KEY_FILE_ENV}) is empty")
+    return lines[0]
+
+
 def map_error(exc: Exception) -> ClientError:
     """A Triton error as the gateway would have reported it."""
     message = exc.message() if hasattr(exc, "message") else str(exc)
@@ -54,8 +77,13 @@ def map_error(exc: Exception) -> ClientError:
     found = _IMAGE_CODE.search(message)
     if found:
         return ClientError(_IMAGE_ERRORS[found.group(1)], found.group(1), found.group(2).strip())
+    if "is restricted" in message:
+        return ClientError(401, "unauthorized", f"Triton refused the call without its access key: {message.strip()} "
+                                                f"(set ${KEY_ENV} or ${KEY_FILE_ENV}, or pass triton_key)")
     if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
         return ClientError(0, CONNECTION_ERROR, message or "Triton unreachable")
+    if UNHEALTHY_STUB in message:  # the request never ran; the step is being restarted: retryable, as via the gateway
+        return ClientError(503, "triton_unavailable", message.strip(), retry_after=0.2)
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return ClientError(504, "triton_timeout", "Triton did not answer in time")
     if "unknown model" in message.lower() or status == "StatusCode.NOT_FOUND":
@@ -151,9 +179,10 @@ class DirectTransport:
     """Synchronous gRPC to Triton. The sync tritonclient is not shared across threads: each call borrows an idle
     client (a new one only when all are busy), so a pool of N threads ends up with N clients, however many jobs."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, key: str | None = None) -> None:
         self.url = strip_scheme(url)
         self.timeout = timeout
+        self.headers = {GRPC_KEY_HEADER: key} if key else None
         self._module = _import_grpc(aio=False)
         self._idle: list[Any] = []
         self._clients: list[Any] = []
@@ -179,9 +208,11 @@ class DirectTransport:
             return cached
         client = self._borrow()
         try:
-            index = client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+            index = client.get_model_repository_index(headers=self.headers, as_json=True,
+                                                                   client_timeout=self.timeout)
             names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
-            configs = [client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
+            configs = [client.get_model_config(n, headers=self.headers, as_json=True,
+                                                   client_timeout=self.timeout) for n in names]
         except self._module.InferenceServerException as exc:
             raise map_error(exc) from None
         finally:
@@ -192,7 +223,7 @@ class DirectTransport:
         """Asks Triton now (the pipeline cache could be older than Triton's death)."""
         client = self._borrow()
         try:
-            return bool(client.is_server_ready(client_timeout=min(self.timeout, 5.0)))
+            return bool(client.is_server_ready(headers=self.headers, client_timeout=min(self.timeout, 5.0)))
         except self._module.InferenceServerException:
             return False
         finally:
@@ -214,7 +245,7 @@ class DirectTransport:
             finished.set()
 
         try:
-            client.async_infer(info.name, [tensor], done, outputs=[output])
+            client.async_infer(info.name, [tensor], done, outputs=[output], headers=self.headers)
         except BaseException:
             self._give_back(client)
             raise
@@ -237,9 +268,10 @@ class DirectTransport:
 class AsyncDirectTransport:
     """The async twin over ``tritonclient.grpc.aio`` (one channel; grpc.aio multiplexes)."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, key: str | None = None) -> None:
         self.url = strip_scheme(url)
         self.timeout = timeout
+        self.headers = {GRPC_KEY_HEADER: key} if key else None
         self._module = _import_grpc(aio=True)
         self._error = _import_grpc(aio=False).InferenceServerException
         self._running: set[asyncio.Future[Any]] = set()
@@ -257,23 +289,27 @@ class AsyncDirectTransport:
             return cached
         client = self.client()
         try:
-            index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+            index = await client.get_model_repository_index(headers=self.headers, as_json=True,
+                                                                   client_timeout=self.timeout)
             names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
-            configs = [await client.get_model_config(n, as_json=True, client_timeout=self.timeout) for n in names]
+            configs = [await client.get_model_config(n, headers=self.headers, as_json=True,
+                                                   client_timeout=self.timeout) for n in names]
         except self._error as exc:
             raise map_error(exc) from None
         return self._pipelines.keep(parse_pipelines(index, configs))
 
     async def ready(self) -> bool:
         try:
-            return bool(await self.client().is_server_ready(client_timeout=min(self.timeout, 5.0)))
+            return bool(await self.client().is_server_ready(headers=self.headers,
+                                                            client_timeout=min(self.timeout, 5.0)))
         except self._error:
             return False
 
     async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()
         info, tensor, output = prepare_request(self._module, await self.pipelines(), data, top_k, pipeline)
-        call = asyncio.ensure_future(self.client().infer(info.name, [tensor], outputs=[output]))
+        call = asyncio.ensure_future(self.client().infer(info.name, [tensor], outputs=[output],
+                                                          headers=self.headers))
         self._running.add(call)
         call.add_done_callback(self._finished)
         try:  # shielded, never cancelled in Triton (see DirectTransport.classify)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from client import _http
-from client._direct import IMAGE_ERROR_CODES, SCHEMES, AsyncDirectTransport
+from client._direct import IMAGE_ERROR_CODES, SCHEMES, AsyncDirectTransport, read_triton_key
 from client.errors import ClientError
 from client.images import ImageInput, encode, encode_or_error
 from client.inputs import Inputs, check_options, check_timeout, iter_paths
@@ -25,14 +25,15 @@ class AsyncClient:
     """Talks to the gateway (``http://...``) or straight to Triton's gRPC port (``grpc://host:port``)."""
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
-                 retry: RetryPolicy | None = None, max_connections: int = 64) -> None:
+                 retry: RetryPolicy | None = None, max_connections: int = 64,
+                 triton_key: str | None = None) -> None:
         self.url = url
         self.retry = retry or RetryPolicy()
         check_timeout(timeout)
         self._direct: AsyncDirectTransport | None = None
         self._http: httpx.AsyncClient | None = None
         if url.startswith(SCHEMES):
-            self._direct = AsyncDirectTransport(url, timeout)
+            self._direct = AsyncDirectTransport(url, timeout, read_triton_key(triton_key))
         else:
             limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
             self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_http.auth_headers(api_key),

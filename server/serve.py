@@ -1,66 +1,118 @@
 """`make serve`: Triton on the model repository, then the gateway in front of it; Ctrl-C stops both cleanly.
 
-    python -m server.serve [--repository model_repository] [--gateway-port 8080] [--http-port 8000 ...]
+    python -m server.serve [--repository model_repository] [--address 127.0.0.1] [--gateway-port 8080] ...
+
+Both are supervised: either one exiting unexpectedly is restarted (with backoff) while the other keeps running, so
+the gateway answers 503 and reports not ready while Triton comes back. ``--address`` is where the gateway listens;
+Triton stays on loopback unless ``--triton-address`` says otherwise, which needs an access key.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from server.supervisor import GaveUp, Supervised
+from server.triton_access import KEY_ENV, KEY_FILE_ENV
 from server.triton_launcher import (
     LaunchError,
     StopRequest,
+    access_key,
     add_server_arguments,
     check_port_free,
     server_from_args,
     start_reporting,
+    supervised,
 )
+
+GATEWAY_START_S = 30.0
+
+
+class GatewayProcess:
+    """``python -m server.gateway`` in front of one Triton, given Triton's key in its environment."""
+
+    def __init__(self, triton_url: str, host: str, port: int, key: str) -> None:
+        self.command = [sys.executable, "-m", "server.gateway", "--triton-url", triton_url, "--host", host,
+                        "--port", str(port)]
+        self.env = {name: value for name, value in os.environ.items() if name != KEY_FILE_ENV}
+        self.env[KEY_ENV] = key
+        self.health_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/healthz"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Started once it answers /healthz; LaunchError if it exits first (its own message is on stderr)."""
+        self.process = subprocess.Popen(self.command, env=self.env)
+        deadline = time.monotonic() + GATEWAY_START_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LaunchError(f"the gateway exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=1):
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise LaunchError(f"the gateway did not answer {self.health_url} within {GATEWAY_START_S:.0f} s")
+
+    def exit_status(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_server_arguments(parser, default_log=Path("build/tritonserver.log"))
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="the gateway's bind address (default loopback; any other needs API keys)")
     parser.add_argument("--gateway-port", type=int, default=8080)
     args = parser.parse_args(argv)
-    stop = StopRequest()
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    triton = server_from_args(args)
     try:
+        key, key_file = access_key(args)
         check_port_free(args.address, args.gateway_port, "the gateway")
     except LaunchError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
-        return 1
-    if not start_reporting(triton, "serve"):
+        return 2
+    stop = StopRequest()
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    triton = server_from_args(args, key)
+    if not start_reporting(triton, "serve", key_file):
         return 1
     if stop.requested:  # Ctrl-C while Triton was loading
         triton.stop()
         return 130
-    gateway = subprocess.Popen([sys.executable, "-m", "server.gateway", "--triton-url", triton.http_url,
-                                "--host", args.address, "--port", str(args.gateway_port)])
-    print(f"Gateway starting on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
-          flush=True)
+    triton_url = f"{'127.0.0.1' if args.triton_address in ('0.0.0.0', '::') else args.triton_address}:" \
+                 f"{args.http_port}"
+    gateway = GatewayProcess(triton_url, args.address, args.gateway_port, key)
     status = 0
-    while not stop.requested:
-        if triton.process.poll() is not None:
-            print(f"serve: tritonserver exited ({triton.process.returncode}):\n{triton.log_tail()}", file=sys.stderr)
-            status = 1
-            break
-        if gateway.poll() is not None:
-            print(f"serve: the gateway exited ({gateway.returncode})", file=sys.stderr)
-            status = 1
-            break
-        time.sleep(0.5)
-    if gateway.poll() is None:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            gateway.wait(15)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+    try:
+        gateway.start()
+        print(f"Gateway on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
+              flush=True)
+        watched = [supervised(triton, stop),
+                   Supervised("the gateway", gateway.start, gateway.exit_status, gateway.stop, report=triton.report,
+                              stop_requested=lambda: stop.requested)]
+        while not stop.requested:
+            for service in watched:
+                service.check()
+            time.sleep(0.25)
+    except (LaunchError, GaveUp) as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        status = 1
+    gateway.stop()
     triton.stop()
     return status
 

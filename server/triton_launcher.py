@@ -7,6 +7,11 @@ assembles a backend folder holding the Python backend and the project's Python-b
 library and module paths the binary and its Python stubs need, binds loopback by default, waits until every model is
 ready, forwards SIGINT/SIGTERM and shuts Triton down cleanly.
 
+Models are under explicit control: the models present at the first start are loaded, by name, at every start, and
+nothing else is ever loaded by itself (no repository polling), so a folder that appears in the repository later,
+half-written or not, stays unloaded. The stub healer (server/stub_healer.py) reloads a model whose stub died. With an
+access key (server/triton_access.py) every API but health requires it; the CLIs always run with one.
+
 Triton's Python backend talks to each stub through a shared-memory region in /dev/shm (16 MB here, RAM) that only a
 clean shutdown removes: every killed or crashed server used to leave its regions behind (19 GB after a day of tests
 on the development machine, until Triton itself failed to start). Each server started here names its regions after
@@ -33,7 +38,21 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from server.stub_healer import StubHealer
+from server.supervisor import GaveUp, Supervised
+from server.triton_access import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    AccessKeyError,
+    is_loopback,
+    new_key,
+    read_key,
+    restriction_flags,
+    write_key_file,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
@@ -127,11 +146,18 @@ class TritonServer:
     """One tritonserver process; a context manager that is ready on entry and stopped on exit."""
 
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 address: str = "127.0.0.1", log_path: Path | None = None, ready_timeout: float = 180.0) -> None:
+                 address: str = "127.0.0.1", log_path: Path | None = None, ready_timeout: float = 180.0,
+                 key: str | None = None, heal: bool = True,
+                 report: Callable[[str], None] | None = None) -> None:
         self.repository = Path(repository).resolve()
         self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
         self.log_path = log_path
         self.ready_timeout = ready_timeout
+        self.key = key
+        self.heal = heal
+        self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.models: list[str] | None = None  # fixed at the first start: what every later start loads
+        self.healer: StubHealer | None = None
         self.process: subprocess.Popen | None = None
         self._log_file = None
         self.shm_prefix = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
@@ -161,12 +187,18 @@ class TritonServer:
             f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+            "--model-control-mode=explicit", *(f"--load-model={name}" for name in self.models or ()),
+            *(restriction_flags(self.key) if self.key else ()),
             # preprocessed views of a large image are a few MB: grow the stub's shared memory in big steps
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
             # every Python-based backend (the project's onnxruntime one too) takes the Python backend's settings
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+
+    def repository_models(self) -> list[str]:
+        """The model folders of the repository (each with its config.pbtxt), as they are now."""
+        return sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
 
     def shared_memory_regions(self) -> list[Path]:
         """This server's regions in /dev/shm: one per Python-backend model instance while it runs."""
@@ -186,6 +218,8 @@ class TritonServer:
                            (self.metrics_port, "Triton's metrics")):
             check_port_free(self.address, port, what)
         sweep_orphaned_shared_memory()
+        if self.models is None:
+            self.models = self.repository_models()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
@@ -199,6 +233,10 @@ class TritonServer:
         except BaseException:  # not ready, or Ctrl-C meanwhile: nothing half-started stays behind
             self.kill()
             raise
+        if self.heal:
+            process = self.process
+            self.healer = StubHealer(self.shm_prefix, self.http_url, self.key, report=self.report,
+                                     alive=lambda: process.poll() is None).start()
         return self
 
     def _wait_ready(self) -> None:
@@ -232,6 +270,7 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM lets Triton finish in-flight requests and unload models; SIGKILL if it hangs."""
+        self._stop_healer()  # unloading ends every stub: nothing to heal
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -241,6 +280,7 @@ class TritonServer:
         self._finish()
 
     def kill(self) -> None:
+        self._stop_healer()
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # the stubs are in its process group too
             self.process.wait()
@@ -249,11 +289,17 @@ class TritonServer:
     def _finish(self) -> None:
         """Once Triton has exited: its stubs too (a killed server can leave them blocked on a lock, holding memory;
         they are in its process group), then their shared-memory regions."""
+        self._stop_healer()
         if self.process and self.process.poll() is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self._release_shared_memory()
         self._close_log()
+
+    def _stop_healer(self) -> None:
+        if self.healer:
+            self.healer.stop()
+            self.healer = None
 
     def _close_log(self) -> None:
         if self._log_file:
@@ -270,15 +316,39 @@ class TritonServer:
 def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | None = None) -> None:
     """The flags of every command that starts Triton (this launcher, `server.serve`)."""
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--address", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--triton-address", default="127.0.0.1",
+                        help="Triton's bind address (default loopback; any other needs an access key)")
+    parser.add_argument("--triton-key-file", type=Path,
+                        help=f"Triton's access key (else ${KEY_ENV} or ${KEY_FILE_ENV}; on loopback without one, "
+                             "a new key is written to build/triton-<http port>.key)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=default_log, help="Triton's log file")
 
 
-def server_from_args(args: argparse.Namespace) -> TritonServer:
-    return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log)
+def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """(key, file it was written to or None): the configured key, or a new one where Triton binds loopback.
+
+    A Triton reachable from other machines must be given its key on purpose: an exposed Triton whose key sits in
+    a file nobody distributed would be locked to its legitimate clients too, or tempt them to turn the lock off.
+    """
+    try:
+        key = read_key(args.triton_key_file)
+    except AccessKeyError as exc:
+        raise LaunchError(str(exc)) from None
+    if key is not None:
+        return key, None
+    if not is_loopback(args.triton_address):
+        raise LaunchError(f"refusing to expose Triton on {args.triton_address} without an access key: set "
+                          f"--triton-key-file, ${KEY_ENV} or ${KEY_FILE_ENV}")
+    key = new_key()
+    return key, write_key_file(PROJECT_ROOT / "build" / f"triton-{args.http_port}.key", key)
+
+
+def server_from_args(args: argparse.Namespace, key: str | None) -> TritonServer:
+    return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.triton_address,
+                        args.log, key=key)
 
 
 class StopRequest:
@@ -293,7 +363,7 @@ class StopRequest:
         self.requested = True
 
 
-def start_reporting(server: TritonServer, program: str) -> bool:
+def start_reporting(server: TritonServer, program: str, key_file: Path | None = None) -> bool:
     """Start Triton; on failure print one error and return False."""
     try:
         server.start()
@@ -301,26 +371,43 @@ def start_reporting(server: TritonServer, program: str) -> bool:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return False
     print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url} "
-          f"(log: {server.log_path})", flush=True)
+          f"(log: {server.log_path}; access key {'in ' + str(key_file) if key_file else 'as configured'})",
+          flush=True)
     return True
+
+
+def supervised(server: TritonServer, stop: StopRequest) -> Supervised:
+    """Triton under supervision: restarted on the same ports, loading the same models, with the same key."""
+    return Supervised("tritonserver", server.start, lambda: server.process.poll(), server.kill,
+                      report=server.report, stop_requested=lambda: stop.requested)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_server_arguments(parser)
+    parser.add_argument("--address", dest="triton_address", default=argparse.SUPPRESS,
+                        help="the same as --triton-address")
     args = parser.parse_args(argv)
-    server = server_from_args(args)
+    try:
+        key, key_file = access_key(args)
+    except LaunchError as exc:
+        print(f"triton_launcher: error: {exc}", file=sys.stderr)
+        return 2
+    server = server_from_args(args, key)
     stop = StopRequest()
-    if not start_reporting(server, "triton_launcher"):
+    if not start_reporting(server, "triton_launcher", key_file):
         return 1
-    while not stop.requested and server.process.poll() is None:
-        time.sleep(0.5)
+    supervisor = supervised(server, stop)
+    status = 0
+    try:
+        while not stop.requested:
+            supervisor.check()
+            time.sleep(0.25)
+    except GaveUp as exc:
+        print(f"triton_launcher: error: {exc}", file=sys.stderr)
+        status = 1
     server.stop()
-    if not stop.requested:
-        print(f"triton_launcher: tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":

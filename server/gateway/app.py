@@ -18,6 +18,7 @@ from server.gateway.config import Settings
 from server.gateway.errors import ApiError, TritonUnavailable, install_handlers
 from server.gateway.fastpath import ClassifyFastPath
 from server.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from server.gateway.pipeline_health import PipelineHealth
 from server.gateway.pipelines import PipelineCatalog
 from server.gateway.schemas import (
     BatchItem,
@@ -66,9 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = GatewayMetrics()
     pool = TritonPool(settings.triton_urls, probe_timeout_s=1.0,
                       on_error=lambda url, code: metrics.triton_errors.labels(url, code).inc(),
-                      on_state=lambda ep: metrics.endpoint_up.labels(ep.url).set(1 if ep.healthy else 0))
+                      on_state=lambda ep: metrics.endpoint_up.labels(ep.url).set(1 if ep.healthy else 0),
+                      key=settings.triton_key)
     catalog = PipelineCatalog(pool, settings.catalog_refresh_s, METADATA_TIMEOUT_S, settings.default_pipeline)
-    classifier = Classifier(pool, catalog, metrics, settings.triton_timeout_s, max_abandoned=settings.max_inflight)
+    health = PipelineHealth()
+    classifier = Classifier(pool, catalog, metrics, settings.triton_timeout_s, max_abandoned=settings.max_inflight,
+                            health=health)
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s,
                           settings.retry_after_s)
     metrics.queued.set_function(lambda: admission.waiting)
@@ -81,11 +85,13 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.start(settings.health_interval_s)
+        health.start(classifier.canary)
         with contextlib.suppress(ApiError):
             await catalog.refresh()
         try:
             yield
         finally:
+            await health.close()
             await classifier.drain(timeout_s=10.0)
             await pool.close()
 
@@ -158,7 +164,9 @@ def create_app(settings: Settings) -> FastAPI:
             PipelineInfo(name=p.name, description=p.description, members=list(p.members),
                          weights=list(p.weights) if p.weights else None,
                          scales=list(p.scales), mode=p.mode, flips=p.flips, num_classes=p.num_classes,
-                         versions=dict(p.versions), default=p.name == default)
+                         versions=dict(p.versions), default=p.name == default,
+                         status="degraded" if health.reason(p.name) else "ready",
+                         degraded_reason=health.reason(p.name))
             for p in sorted(found.values(), key=lambda p: p.name)])
 
     @app.get("/healthz", response_model=HealthResponse, tags=["health"])
@@ -168,15 +176,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", response_model=ReadyResponse, tags=["health"], responses=_errors(503))
     async def readyz() -> ReadyResponse:
-        """Ready when a Triton endpoint answers and every pipeline is ready on at least one endpoint."""
+        """Ready when a Triton endpoint answers and every pipeline is ready on at least one endpoint and not
+        degraded (a step of it answering "stub not healthy")."""
         up = await pool.probe_all()
         ready_endpoints = [ep for ep, ok in zip(pool.endpoints, up, strict=True) if ok]
         try:
             names = sorted(await catalog.refresh(force=True)) if ready_endpoints else []
         except TritonUnavailable:
             names = []
-        pipeline_state = {name: await _model_ready(ready_endpoints, name, METADATA_TIMEOUT_S)
-                          for name in names}
+        pipeline_state = {name: health.reason(name) is None
+                          and await _model_ready(ready_endpoints, name, METADATA_TIMEOUT_S) for name in names}
         ready = bool(ready_endpoints) and bool(names) and all(pipeline_state.values())
         if not ready:
             missing = [name for name, ok in pipeline_state.items() if not ok]

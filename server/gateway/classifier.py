@@ -13,10 +13,11 @@ from typing import Any
 
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
+from server.gateway.pipeline_health import PipelineHealth, canary_image
 from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.triton_http import TritonHttpError
-from server.gateway.triton_pool import TritonPool
+from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
 
 
 def parse_class_dicts(raw: Iterable[bytes | str]) -> list[dict[str, Any]]:
@@ -34,10 +35,12 @@ class Classifier:
     """Resolves pipeline names and runs inferences, translating Triton errors to API errors."""
 
     def __init__(self, pool: TritonPool, catalog: PipelineCatalog, metrics: GatewayMetrics,
-                 timeout_s: float, max_abandoned: int) -> None:
+                 timeout_s: float, max_abandoned: int, health: PipelineHealth | None = None) -> None:
         self.pool = pool
         self.catalog = catalog
         self.metrics = metrics
+        self.health = health or PipelineHealth()
+        self._canary_image = canary_image()
         self.timeout_s = timeout_s
         self.max_abandoned = max_abandoned
         self.abandoned: set[asyncio.Future[list[str]]] = set()
@@ -59,7 +62,14 @@ class Classifier:
         """Top-k for one image as the response model (see classify_raw)."""
         return ClassifyResponse(**await self.classify_raw(pipeline, image, top_k))
 
-    async def classify_raw(self, pipeline: Pipeline, image: bytes, top_k: int) -> dict[str, Any]:
+    async def canary(self, name: str) -> None:
+        """One request to a degraded pipeline, without retries, so its state follows what its steps can do."""
+        pipeline = await self.catalog.get(name)
+        if pipeline is not None:
+            await self.classify_raw(pipeline, self._canary_image, 1, step_retries=0, count=False)
+
+    async def classify_raw(self, pipeline: Pipeline, image: bytes, top_k: int,
+                           step_retries: int = UNHEALTHY_STEP_RETRIES, count: bool = True) -> dict[str, Any]:
         """Top-k for one image as the plain JSON-ready body of ClassifyResponse; 504 after the timeout, without
         ever cancelling the call on the Triton side.
 
@@ -73,28 +83,42 @@ class Classifier:
                            {"Retry-After": "1"})
         started = time.perf_counter()
         k = min(top_k, pipeline.num_classes) if pipeline.num_classes else top_k
+        unhealthy: list[str] = []
+
+        def broken_step(message: str) -> None:
+            unhealthy.append(message)
+            self.health.unhealthy_step(pipeline.name, message)
+
         call = asyncio.ensure_future(self.pool.call(
-            lambda client: client.classify(pipeline.name, INPUT_NAME, OUTPUT_NAME, image, k)))
+            lambda client: client.classify(pipeline.name, INPUT_NAME, OUTPUT_NAME, image, k),
+            on_unhealthy_step=broken_step, step_retries=step_retries))
+        outcome = "ok"
         try:
             result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except TimeoutError:
             self._abandon(call)
             self.metrics.triton_errors.labels("", "timeout").inc()
-            self.metrics.images.labels(pipeline.name, "triton_timeout").inc()
+            outcome = "triton_timeout"
             raise ApiError(504, "triton_timeout", "the inference server did not answer in time") from None
         except asyncio.CancelledError:
             self._abandon(call)
             raise
         except TritonHttpError as exc:
             error = from_triton(exc)
-            self.metrics.images.labels(pipeline.name, error.code).inc()
+            outcome = error.code
             raise error from None
         except ApiError as error:
-            self.metrics.images.labels(pipeline.name, error.code).inc()
+            outcome = error.code
             raise
+        finally:
+            if count and outcome != "ok":
+                self.metrics.images.labels(pipeline.name, outcome).inc()
         elapsed = time.perf_counter() - started
-        self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
-        self.metrics.images.labels(pipeline.name, "ok").inc()
+        if not unhealthy:
+            self.health.clean_answer(pipeline.name)
+        if count:
+            self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
+            self.metrics.images.labels(pipeline.name, "ok").inc()
         return {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
                 "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
 

@@ -7,14 +7,14 @@ a developer can override one value without touching the environment.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.triton_access import KEY_ENV, KEY_FILE_ENV, AccessKeyError, is_loopback, read_key
+
 ENV_PREFIX = "VGG_GATEWAY_"
-LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: frozenset[str] = field(default_factory=frozenset)
+    triton_key: str | None = field(default=None, repr=False)  # Triton's access key (server/triton_access.py)
     allow_open: bool = False
     default_pipeline: str | None = None  # None: "fast" if served, else the first pipeline by name
     max_body_bytes: int = 20 * 1024 * 1024
@@ -84,16 +85,6 @@ def check_triton_url(url: str) -> None:
         raise ConfigError(f"--triton-url {url!r} is not HOST:PORT of Triton's HTTP endpoint (e.g. 127.0.0.1:8000)")
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach; anything unparsable counts as public."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.replace("\n", ",").split(",") if item.strip()]
 
@@ -126,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="TOKEN",
                         help="accepted bearer token; repeat for several (env API_KEYS, comma-separated)")
     parser.add_argument("--api-keys-file", help="file with one bearer token per line (env API_KEYS_FILE)")
+    parser.add_argument("--triton-key-file",
+                        help=f"Triton's access key, sent with every call to Triton (env {KEY_ENV} or {KEY_FILE_ENV})")
     parser.add_argument("--allow-open", action="store_true", default=None,
                         help="serve without API keys on a non-loopback address")
     parser.add_argument("--default-pipeline")
@@ -158,6 +151,10 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     for keys_file in {args.api_keys_file, env.get(ENV_PREFIX + "API_KEYS_FILE")} - {None, ""}:
         keys += _read_keys_file(str(keys_file))
     values["api_keys"] = frozenset(keys)
+    try:
+        values["triton_key"] = read_key(args.triton_key_file, env)
+    except AccessKeyError as exc:
+        raise ConfigError(str(exc)) from None
     for name in ("host", "default_pipeline", "log_level"):
         value = pick(name, getattr(args, name))
         if value:

@@ -55,6 +55,8 @@ def from_triton(exc: TritonHttpError) -> ApiError:
     if found:
         code = found.group(1)
         return ApiError(_IMAGE_ERRORS[code], code, found.group(2).strip() or code.replace("_", " "))
+    if exc.unhealthy_step:
+        return TritonUnavailable("a step of this pipeline is being restarted; retry shortly")
     if exc.unavailable:
         return TritonUnavailable()
     if exc.status == 400:

@@ -52,6 +52,9 @@ class PipelineInfo(BaseModel):
     num_classes: int
     versions: dict[str, str]
     default: bool
+    status: str = Field("ready", description="'ready', or 'degraded' while a step of it is being restarted "
+                                             "(its requests are retried and may fail with 503)")
+    degraded_reason: str | None = Field(None, description="Triton's message about the broken step, if degraded")
 
 
 class PipelinesResponse(BaseModel):

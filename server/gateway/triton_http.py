@@ -19,8 +19,11 @@ from urllib.parse import quote
 
 import httptools
 
+from server.triton_access import KEY_HEADER
+
 MAX_IDLE_CONNECTIONS = 64
 # Triton's statuses for the errors its HTTP frontend reports, as the bounded labels the metrics use.
+UNHEALTHY_STUB = "is not healthy"  # Triton's "Stub process '<instance>' is not healthy."
 STATUS_NAMES = {400: "invalid_argument", 404: "not_found", 500: "internal", 501: "unimplemented", 503: "unavailable"}
 
 
@@ -38,12 +41,18 @@ class TritonHttpError(Exception):
 
     @property
     def name(self) -> str:
-        return STATUS_NAMES.get(self.status, f"http_{self.status}")
+        return "unhealthy_step" if self.unhealthy_step else STATUS_NAMES.get(self.status, f"http_{self.status}")
 
     @property
     def unavailable(self) -> bool:
         """Triton stopping or not yet serving: another replica may answer (inference is pure, so retry there)."""
         return self.status == 503
+
+    @property
+    def unhealthy_step(self) -> bool:
+        """A pipeline step's stub process died or froze: the request never ran, and another instance (or the
+        step once the launcher has reloaded it) can answer it."""
+        return self.status == 500 and UNHEALTHY_STUB in self.message
 
 
 class _Connection(asyncio.Protocol):
@@ -104,19 +113,20 @@ class _Connection(asyncio.Protocol):
 class TritonHttpClient:
     """Requests to one Triton HTTP endpoint ("host:port") over a pool of keep-alive connections."""
 
-    def __init__(self, url: str, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 2.0, key: str | None = None) -> None:
         self.url = url.removeprefix("http://").rstrip("/")
         self.host, _, port = self.url.rpartition(":")
         self.port = int(port)
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
         self._host_header = self.url.encode()
+        self._key_header = b"%s: %s\r\n" % (KEY_HEADER.encode(), key.encode()) if key else b""
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: bytes = b"") -> tuple[int, bytes]:
         """(status, body). A connection that was idle may have been closed by the server meanwhile: then the
         request goes once more on a new connection; a new connection failing is Unreachable."""
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n" % (
-            method.encode(), path.encode(), self._host_header, len(body), headers)
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
+            method.encode(), path.encode(), self._host_header, len(body), self._key_header, headers)
         while self._idle:
             connection = self._idle.pop()
             if connection.closed:

@@ -2,7 +2,9 @@
 
 Inference is a pure function of the image, so a call that an endpoint did not complete (connection refused or
 reset, server stopping) is retried on the next endpoint; timeouts are not retried, they would only double the wait.
-A background probe marks endpoints up and down so requests skip a dead replica instead of paying its timeout.
+A call that reached a pipeline step whose stub is dead or frozen never ran: it is retried on the next endpoint,
+or on the same one when it is the only one (Triton then picks another instance of the step), a bounded number of
+times. A background probe marks endpoints up and down so requests skip a dead replica instead of paying its timeout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreac
 
 log = logging.getLogger("server.gateway")
 T = TypeVar("T")
+UNHEALTHY_STEP_RETRIES = 2  # failing fast, each costs a millisecond; the launcher replaces the stub within seconds
 
 
 @dataclass
@@ -51,8 +54,9 @@ class TritonPool:
 
     def __init__(self, urls: Sequence[str], probe_timeout_s: float = 1.0,
                  on_error: Callable[[str, str], None] | None = None,
-                 on_state: Callable[[Endpoint], None] | None = None) -> None:
+                 on_state: Callable[[Endpoint], None] | None = None, key: str | None = None) -> None:
         self.urls = list(urls)
+        self.key = key
         self.probe_timeout_s = probe_timeout_s
         self.endpoints: list[Endpoint] = []
         self._counter = itertools.count()
@@ -62,7 +66,8 @@ class TritonPool:
 
     async def start(self, health_interval_s: float) -> None:
         """Probe every endpoint once, then keep probing in the background."""
-        self.endpoints = [Endpoint(url, TritonHttpClient(url), on_state=self._on_state) for url in self.urls]
+        self.endpoints = [Endpoint(url, TritonHttpClient(url, key=self.key), on_state=self._on_state)
+                          for url in self.urls]
         await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_forever(health_interval_s), name="triton-probe")
 
@@ -106,9 +111,17 @@ class TritonPool:
             up = up[start:] + up[:start]
         return up + down
 
-    async def call(self, fn: Callable[[TritonHttpClient], Awaitable[T]]) -> T:
-        """Run ``fn`` on one endpoint; on a connection-level failure, on the next; TritonUnavailable if none can."""
-        for endpoint in self._order():
+    async def call(self, fn: Callable[[TritonHttpClient], Awaitable[T]],
+                   on_unhealthy_step: Callable[[str], None] | None = None,
+                   step_retries: int = UNHEALTHY_STEP_RETRIES) -> T:
+        """Run ``fn`` on one endpoint; on a connection-level failure, on the next; TritonUnavailable if none can.
+
+        An unhealthy step is reported to ``on_unhealthy_step`` (with Triton's message) and retried up to
+        ``step_retries`` times; after that its error is raised."""
+        order = self._order()
+        position = 0
+        while position < len(order):
+            endpoint = order[position]
             endpoint.inflight += 1
             try:
                 result = await fn(endpoint.client)
@@ -116,9 +129,19 @@ class TritonPool:
                 code = exc.name if isinstance(exc, TritonHttpError) else "unreachable"
                 if self._on_error:
                     self._on_error(endpoint.url, code)
+                if isinstance(exc, TritonHttpError) and exc.unhealthy_step:
+                    if on_unhealthy_step:
+                        on_unhealthy_step(exc.message)
+                    if step_retries <= 0:
+                        raise
+                    step_retries -= 1
+                    position = min(position + 1, len(order) - 1)  # the next endpoint, else another instance here
+                    await asyncio.sleep(0.01)
+                    continue
                 if isinstance(exc, TritonHttpError) and not exc.unavailable:
                     raise
                 endpoint.mark(False, str(exc))
+                position += 1
                 continue
             finally:
                 endpoint.inflight -= 1

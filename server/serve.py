@@ -82,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         key, key_file = access_key(args)
+    except LaunchError as exc:  # a usage error: the key or the address asked for
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         check_port_free(args.address, args.gateway_port, "the gateway")
     except LaunchError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     stop = StopRequest()
     args.log.parent.mkdir(parents=True, exist_ok=True)
     triton = server_from_args(args, key)

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from server.stub_healer import StubHealer
-from server.supervisor import GaveUp, Supervised
+from server.supervisor import Supervised
 from server.triton_access import (
     KEY_ENV,
     KEY_FILE_ENV,
@@ -397,17 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     if not start_reporting(server, "triton_launcher", key_file):
         return 1
-    supervisor = supervised(server, stop)
-    status = 0
-    try:
-        while not stop.requested:
-            supervisor.check()
-            time.sleep(0.25)
-    except GaveUp as exc:
-        print(f"triton_launcher: error: {exc}", file=sys.stderr)
-        status = 1
+    # Unsupervised on purpose: this is the building block (and what a container's own restart policy runs);
+    # `server.serve` is the supervised service.
+    while not stop.requested and server.process.poll() is None:
+        time.sleep(0.5)
     server.stop()
-    return status
+    if not stop.requested:
+        print(f"triton_launcher: tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ process's pid (server/triton_launcher.py names them so).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import httpx
 
 from bench.common import free_port
 from server.stub_healer import Stub, find_stubs
+from server.supervisor import terminate
 from server.triton_launcher import SHARED_MEMORY, SHM_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +82,7 @@ class ServeProcess:
         return None
 
     def stop(self) -> int | None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 60)
         self._log.close()
         return self.process.returncode if self.process else None
 

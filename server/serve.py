@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,20 +18,26 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from server.supervisor import GaveUp, Supervised
+from server.supervisor import GaveUp, Supervised, terminate
 from server.triton_access import KEY_ENV, KEY_FILE_ENV
 from server.triton_launcher import (
     LaunchError,
     StopRequest,
+    TritonServer,
     access_key,
     add_server_arguments,
     check_port_free,
     server_from_args,
     start_reporting,
-    supervised,
 )
 
 GATEWAY_START_S = 30.0
+
+
+def supervised(server: TritonServer, stop: StopRequest) -> Supervised:
+    """Triton under supervision: restarted on the same ports, loading the same models, with the same key."""
+    return Supervised("tritonserver", server.start, lambda: server.process.poll(), server.kill,
+                      report=server.report, stop_requested=lambda: stop.requested)
 
 
 class GatewayProcess:
@@ -64,13 +69,7 @@ class GatewayProcess:
         return self.process.poll() if self.process else None
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 15)
 
 
 def main(argv: list[str] | None = None) -> int:

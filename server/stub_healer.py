@@ -34,6 +34,11 @@ PROC = Path("/proc")
 RETIRE_GRACE_S = 10.0  # what a replaced instance gets to finish the requests it holds
 
 
+def model_of(instance: str) -> str:
+    """Triton names instances ``<model>_<group>_<index>``."""
+    return instance.rsplit("_", 2)[0]
+
+
 @dataclass(frozen=True)
 class Stub:
     """One stub process: ``state`` is the kernel's one-letter process state (Z: exited, T: stopped)."""
@@ -44,8 +49,7 @@ class Stub:
 
     @property
     def model(self) -> str:
-        """Triton names instances ``<model>_<group>_<index>``."""
-        return self.instance.rsplit("_", 2)[0]
+        return model_of(self.instance)
 
 
 def find_stubs(shm_prefix: str) -> dict[int, Stub]:
@@ -124,7 +128,7 @@ class StubHealer:
         stubs = find_stubs(self.shm_prefix)
         for instance, pid in self.expected.items():
             stub = stubs.get(pid)
-            model = instance.rsplit("_", 2)[0]
+            model = model_of(instance)
             if model in self.broken:
                 continue
             if stub is None or stub.state in "ZX":
@@ -163,7 +167,7 @@ class StubHealer:
 
     def _reload(self, model: str) -> None:
         heal = self.broken[model]
-        old = {pid for instance, pid in self.expected.items() if instance.rsplit("_", 2)[0] == model}
+        old = {pid for instance, pid in self.expected.items() if model_of(instance) == model}
         try:
             config = self._request(f"/v2/models/{model}/config")
             config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(self._reloads + 1)}
@@ -174,7 +178,7 @@ class StubHealer:
         self._reloads += 1
         self._retired.update(dict.fromkeys(old, time.monotonic() + RETIRE_GRACE_S))
         fresh = self._new_instances(model, old)
-        for instance in [i for i in self.expected if i.rsplit("_", 2)[0] == model]:
+        for instance in [i for i in self.expected if model_of(i) == model]:
             del self.expected[instance]
         self.expected.update(fresh)
         heal.healed_s = time.monotonic() - heal.detected_at

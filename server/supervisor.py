@@ -7,10 +7,23 @@ on with its last error, since restarting it further would only hide the cause.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+def terminate(process: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM for a graceful shutdown, SIGKILL if it is not over within ``timeout_s``."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class GaveUp(RuntimeError):

@@ -42,7 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from server.stub_healer import StubHealer
-from server.supervisor import Supervised
 from server.triton_access import (
     KEY_ENV,
     KEY_FILE_ENV,
@@ -374,12 +373,6 @@ def start_reporting(server: TritonServer, program: str, key_file: Path | None = 
           f"(log: {server.log_path}; access key {'in ' + str(key_file) if key_file else 'as configured'})",
           flush=True)
     return True
-
-
-def supervised(server: TritonServer, stop: StopRequest) -> Supervised:
-    """Triton under supervision: restarted on the same ports, loading the same models, with the same key."""
-    return Supervised("tritonserver", server.start, lambda: server.process.poll(), server.kill,
-                      report=server.report, stop_requested=lambda: stop.requested)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ exists once however many modules use it.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from server.supervisor import terminate
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,13 +68,7 @@ class Gateway:
         return ""
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 15)
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
             self._log = None

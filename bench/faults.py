@@ -104,11 +104,18 @@ class Outcome:
     status: int  # 0: no HTTP answer
     code: str
     latency_s: float
+    bad_input: bool = False  # a corrupt file, whose right answer is a 422
+    detail: str = ""  # the error's message, for the answers that were not expected
+
+    @property
+    def expected(self) -> bool:
+        return self.status == (422 if self.bad_input else 200)
 
 
 @dataclass
 class Load:
-    """``clients`` threads classifying ``image`` with ``pipelines`` in turn until stopped (or ``max_s`` passed)."""
+    """``clients`` threads classifying ``image`` with ``pipelines`` in turn until stopped (or ``max_s`` passed);
+    with ``bad_every`` = n, every n-th request of a client sends a truncated file instead."""
 
     url: str
     image: bytes
@@ -116,6 +123,7 @@ class Load:
     clients: int = 4
     headers: dict[str, str] = field(default_factory=dict)
     max_s: float = 900.0
+    bad_every: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -140,16 +148,22 @@ class Load:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 pipeline = self.pipelines[turn % len(self.pipelines)]
                 turn += 1
+                bad = bool(self.bad_every) and turn % self.bad_every == 0
                 started = time.monotonic()
                 try:
                     response = client.post("/v1/classify", params={"pipeline": pipeline, "top_k": 1},
-                                           content=self.image, headers={"content-type": "image/jpeg"})
-                    code = "ok" if response.status_code == 200 else response.json()["error"]["code"]
+                                           content=self.image[:200] if bad else self.image,
+                                           headers={"content-type": "image/jpeg"})
+                    error = {} if response.status_code == 200 else response.json()["error"]
+                    code, detail = error.get("code", "ok"), error.get("message", "")
                     status = response.status_code
+                    if status == 503:  # as a polite client does
+                        time.sleep(min(1.0, float(response.headers.get("retry-after", 0))))
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    status, code = 0, type(exc).__name__
+                    status, code, detail = 0, type(exc).__name__, str(exc)
                     time.sleep(0.05)  # the gateway itself is down: don't spin
-                self.outcomes.append(Outcome(started, status, code, time.monotonic() - started))
+                self.outcomes.append(Outcome(started, status, code, time.monotonic() - started, bad,
+                                             "" if status == (422 if bad else 200) else detail))
 
     def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
         return [o for o in list(self.outcomes) if start <= o.at < end]

@@ -26,6 +26,13 @@ def terminate(process: subprocess.Popen | None, timeout_s: float) -> None:
             process.wait()
 
 
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An error's message as one log line: multi-line start errors carry their cause on the later lines."""
+    text = "; ".join(line.strip().rstrip(":") for line in str(exc).splitlines() if line.strip())
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GaveUp(RuntimeError):
     """The service failed to start ``max_failed_starts`` times in a row; the message has its last error."""
 
@@ -53,12 +60,12 @@ class Supervised:
                 self._crashes = 0
             return
         self._cleanup()
+        self.report(f"serve: {self.name} exited unexpectedly (status {status})")
         failed = 0
         while not self.stop_requested():
             delay = self.backoff_s[min(self._crashes, len(self.backoff_s) - 1)]
             self._crashes += 1
-            self.report(f"serve: {self.name} exited unexpectedly (status {status}); restart {self.restarts + 1} "
-                        f"in {delay:g} s")
+            self.report(f"serve: restarting {self.name} in {delay:g} s (restart {self.restarts + 1})")
             if not self._sleep(delay):
                 return
             started = time.monotonic()
@@ -67,12 +74,11 @@ class Supervised:
             except Exception as exc:
                 self._cleanup()
                 failed += 1
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = one_line(exc)
                 if failed >= self.max_failed_starts:
                     raise GaveUp(f"{self.name} failed to start {failed} times in a row; giving up: {reason}") \
                         from None
                 self.report(f"serve: {self.name} did not start ({reason})")
-                status = "not started"
                 continue
             self.restarts += 1
             self._started_at = time.monotonic()

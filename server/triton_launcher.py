@@ -339,8 +339,8 @@ def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
     if key is not None:
         return key, None
     if not is_loopback(args.triton_address):
-        raise LaunchError(f"refusing to expose Triton on {args.triton_address} without an access key: set "
-                          f"--triton-key-file, ${KEY_ENV} or ${KEY_FILE_ENV}")
+        raise LaunchError(f"refusing --triton-address {args.triton_address}: exposing Triton needs its access key "
+                          f"(--triton-key-file, ${KEY_ENV} or ${KEY_FILE_ENV})")
     key = new_key()
     return key, write_key_file(PROJECT_ROOT / "build" / f"triton-{args.http_port}.key", key)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from bench.faults import Load, ServeProcess, wait_until
+from bench.faults import PROJECT_ROOT, Load, ServeProcess, wait_until
 
 API_KEY = "fault-tests-api-key"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -146,3 +148,46 @@ def test_stopping_leaves_no_stub_or_shared_memory_behind(serve):
     assert serve.stubs() and serve.shared_memory()
     assert serve.stop() == 0
     assert serve.stubs() == [] and serve.shared_memory() == []
+
+
+def test_exposing_triton_without_a_key_is_refused_in_one_line(tmp_path):
+    for module in ("server.serve", "server.triton_launcher"):
+        refused = subprocess.run([sys.executable, "-m", module, "--repository", str(tmp_path),
+                                  "--triton-address", "0.0.0.0"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                 env={k: v for k, v in os.environ.items() if not k.startswith("VGG_TRITON_KEY")},
+                                 timeout=60)
+        assert refused.returncode == 2, (module, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--triton-address 0.0.0.0" in lines[0] and "key" in lines[0], lines
+
+
+def test_a_triton_that_cannot_start_again_is_given_up_on(triton_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(triton_repository, repository)
+    serve = ServeProcess(repository, tmp_path / "serve.log").start()
+    try:
+        (repository / "vgg_a" / "1" / "model.onnx").write_bytes(b"not an onnx model")  # every restart fails
+        os.kill(serve.triton_pid(), signal.SIGKILL)
+        assert serve.process.wait(240) == 1, serve.output()[-3000:]
+    finally:
+        serve.stop()
+    output = serve.output()
+    assert output.count("tritonserver exited unexpectedly") == 1 and output.count("did not start") == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("serve: error:")]
+    assert len(errors) == 1 and "tritonserver failed to start 3 times in a row; giving up:" in errors[0], output
+    assert "vgg_a" in errors[0], errors
+    assert serve.stubs() == [] and serve.shared_memory() == []
+
+
+def test_the_soak_reports_each_fault_and_leaves_nothing_behind(triton_repository, tmp_path):
+    out = tmp_path / "soak.md"
+    subprocess.run([sys.executable, "-m", "bench.soak", "--repository", str(triton_repository), "--minutes", "0.75",
+                    "--clients", "2", "--faults", "stub,hang", "--every", "15", "--warm-up", "5", "--out", str(out)],
+                   cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=400)
+    text = out.read_text()
+    faults = [line.split(" | ") for line in text.splitlines() if line.startswith(("| stub |", "| hang |"))]
+    assert [f[0] for f in faults] == ["| stub", "| hang"], text
+    assert all(f[2].endswith(" s") and not f[2].startswith("NOT") for f in faults), text
+    assert all(f[5] == "0 |" for f in faults), text  # nothing fails once a fault's first seconds are over
+    assert "422 invalid_image (corrupt file)" in text and "| gateway |" in text, text
+    assert "After the stop: 0 stub processes and 0 shared-memory regions left behind." in text

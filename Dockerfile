@@ -8,7 +8,8 @@
 # --shm-size: Triton's Python backend (each pipeline's preprocess and fuse steps) passes tensors to its stub
 # processes through /dev/shm. Docker's default of 64 MB is too small for the multi-scale views of large images
 # under concurrency; 1 GB is ample for the shipped pipelines.
-# Only the gateway is published. Triton listens on loopback inside the container (HTTP 8000, gRPC 8001, metrics 8002).
+# Only the gateway is published. Triton listens on loopback inside the container (HTTP 8000, gRPC 8001, metrics 8002),
+# and even there answers nothing but health without its key.
 # The gateway binds 0.0.0.0 here, so it refuses to start without API keys (VGG_GATEWAY_API_KEYS or
 # VGG_GATEWAY_API_KEYS_FILE) unless VGG_GATEWAY_ALLOW_OPEN=1 is set on purpose.
 #
@@ -18,10 +19,7 @@ FROM nvcr.io/nvidia/tritonserver:25.01-py3
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1 \
-    VGG_GATEWAY_HOST=0.0.0.0 \
-    VGG_GATEWAY_PORT=8080 \
-    VGG_GATEWAY_TRITON_URLS=127.0.0.1:8000
+    PIP_BREAK_SYSTEM_PACKAGES=1
 
 # Same pins as requirements.txt. numpy < 2: the Python backend stub is built against numpy 1.x.
 RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 uvloop==0.23.0 httptools==0.9.0 \
@@ -49,7 +47,11 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
 
-# Triton in the background, the gateway in the foreground; either one exiting stops the container (and the
-# orchestrator restarts it); SIGTERM is forwarded to both for a clean shutdown.
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-CMD ["/bin/bash", "-c", "tritonserver --model-repository=/models --http-address=127.0.0.1 --grpc-address=127.0.0.1 --metrics-address=127.0.0.1 --strict-readiness=true & triton=$!; python3 -m server.gateway & gateway=$!; trap 'kill -TERM $gateway $triton 2>/dev/null' TERM INT; wait -n; kill -TERM $gateway $triton 2>/dev/null; wait"]
+# server.serve, as `make serve` runs it, with the image's own Triton: Triton on loopback with every API but health
+# behind a key generated at start (explicit model control: only what /models held at start is ever loaded), its
+# Python-backend stubs healed, Triton and the gateway restarted with backoff; it exits non-zero after repeated failed
+# starts, and the orchestrator restarts the container. SIGTERM stops both cleanly.
+# Not verified here (no Docker engine): the stub healer reads the stubs' argv as the wheel's Triton 2.51 lays it out.
+CMD ["python3", "-m", "server.serve", "--repository", "/models", "--address", "0.0.0.0", "--gateway-port", "8080", \
+     "--tritonserver", "/opt/tritonserver/bin/tritonserver", "--backend-directory", "/opt/tritonserver/backends", \
+     "--log", "/tmp/vgg-serve/tritonserver.log"]

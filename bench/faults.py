@@ -40,7 +40,7 @@ class ServeProcess:
         self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{self.ports['gateway']}"
         self.triton_url = f"127.0.0.1:{self.ports['http']}"
-        self.key_file = PROJECT_ROOT / "build" / f"triton-{self.ports['http']}.key"
+        self.key_file = log_path.parent / f"triton-{self.ports['http']}.key"  # beside Triton's log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, headers: dict[str, str] | None = None, timeout_s: float = 180.0) -> ServeProcess:

@@ -91,13 +91,13 @@ def assemble_backends(target: Path) -> Path:
     return target
 
 
-def triton_environment() -> dict[str, str]:
-    """The binary's bundled libraries, libpython for the stubs, and this venv's packages for model code."""
-    root = pytriton_root()
-    libs = root.parent.parent / "nvidia_pytriton.libs"
+def triton_environment(bundled: bool = True) -> dict[str, str]:
+    """The wheel's bundled libraries (for its binary), libpython for the stubs, and this venv's packages for model
+    code."""
     env = dict(os.environ)
+    libs = [str(pytriton_root().parent.parent / "nvidia_pytriton.libs")] if bundled else []
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")) if p)
+        p for p in (*libs, sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")) if p)
     # The stub's embedded interpreter ignores PYTHONPATH but finds "python3" on PATH; this venv's python3 first
     # makes it start inside the venv (pyvenv.cfg), with the venv's numpy < 2 and the project's editable install.
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
@@ -147,8 +147,11 @@ class TritonServer:
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  address: str = "127.0.0.1", log_path: Path | None = None, ready_timeout: float = 180.0,
                  key: str | None = None, heal: bool = True,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None, binary: Path | None = None,
+                 backend_dir: Path | None = None) -> None:
+        """``binary`` and ``backend_dir``: an installed Triton (NVIDIA's container) instead of the wheel's."""
         self.repository = Path(repository).resolve()
+        self.binary, self.backend_dir = binary, backend_dir
         self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
         self.log_path = log_path
         self.ready_timeout = ready_timeout
@@ -174,9 +177,10 @@ class TritonServer:
         return f"{self.address}:{self.metrics_port}"
 
     def command(self, backend_dir: Path) -> list[str]:
-        binary = pytriton_root() / "bin" / "tritonserver"
+        binary = self.binary or pytriton_root() / "bin" / "tritonserver"
         if not binary.exists():
-            raise LaunchError(f"tritonserver binary not found at {binary}; reinstall nvidia-pytriton")
+            raise LaunchError(f"tritonserver binary not found at {binary}" + ("" if self.binary else
+                                                                              "; reinstall nvidia-pytriton"))
         return [
             str(binary),
             f"--model-repository={self.repository}",
@@ -212,7 +216,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise LaunchError(f"model repository {self.repository} does not exist; run `make repository`")
-        backend_dir = assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
+        backend_dir = self.backend_dir or assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
         for port, what in ((self.http_port, "Triton's HTTP endpoint"), (self.grpc_port, "Triton's gRPC endpoint"),
                            (self.metrics_port, "Triton's metrics")):
             check_port_free(self.address, port, what)
@@ -225,7 +229,7 @@ class TritonServer:
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         try:
-            self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(),
+            self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(self.binary is None),
                                             stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=_die_with_parent)
             self._wait_ready()
@@ -319,11 +323,16 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | No
                         help="Triton's bind address (default loopback; any other needs an access key)")
     parser.add_argument("--triton-key-file", type=Path,
                         help=f"Triton's access key (else ${KEY_ENV} or ${KEY_FILE_ENV}; on loopback without one, "
-                             "a new key is written to build/triton-<http port>.key)")
+                             "a new key is written to triton-<http port>.key beside --log, else in build/)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=default_log, help="Triton's log file")
+    parser.add_argument("--tritonserver", type=Path, default=os.environ.get("VGG_TRITONSERVER") or None,
+                        help="an installed tritonserver binary (default: the nvidia-pytriton wheel's; env "
+                             "VGG_TRITONSERVER)")
+    parser.add_argument("--backend-directory", type=Path, default=os.environ.get("VGG_TRITON_BACKENDS") or None,
+                        help="its backends folder, e.g. /opt/tritonserver/backends (env VGG_TRITON_BACKENDS)")
 
 
 def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -342,12 +351,13 @@ def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
         raise LaunchError(f"refusing --triton-address {args.triton_address}: exposing Triton needs its access key "
                           f"(--triton-key-file, ${KEY_ENV} or ${KEY_FILE_ENV})")
     key = new_key()
-    return key, write_key_file(PROJECT_ROOT / "build" / f"triton-{args.http_port}.key", key)
+    folder = args.log.parent if args.log else PROJECT_ROOT / "build"  # where the service keeps its run-time files
+    return key, write_key_file(folder / f"triton-{args.http_port}.key", key)
 
 
 def server_from_args(args: argparse.Namespace, key: str | None) -> TritonServer:
     return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.triton_address,
-                        args.log, key=key)
+                        args.log, key=key, binary=args.tritonserver, backend_dir=args.backend_directory)
 
 
 class StopRequest:

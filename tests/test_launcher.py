@@ -135,3 +135,14 @@ def test_the_launcher_cleans_up_after_triton_dies_under_it(tmp_path, triton_repo
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_an_installed_tritonserver_that_is_missing_is_named(tmp_path, triton_repository):
+    result = subprocess.run([sys.executable, "-m", "server.triton_launcher", "--repository", str(triton_repository),
+                             "--tritonserver", str(tmp_path / "bin" / "tritonserver"), "--backend-directory",
+                             str(tmp_path), "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                             "--metrics-port", str(free_port()), "--log", str(tmp_path / "triton.log")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    missing = tmp_path / "bin" / "tritonserver"
+    assert result.stderr.strip() == f"triton_launcher: error: tritonserver binary not found at {missing}"

@@ -259,10 +259,15 @@ def test_score_cli_sigint_and_resume_into_jsonl(gateway, photo_dir, tmp_path):
     job = subprocess.Popen(client_cli("--url", gateway.url, "score", str(photo_dir / "nested"), "-o", str(out),
                                       "--pipeline", "fusion", "--concurrency", "1"),
                            cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    deadline = time.monotonic() + 60
+    while not out.exists() or not out.read_text().strip():  # interrupted mid-job: once its first row is written
+        assert time.monotonic() < deadline and job.poll() is None, "the job ended before writing a row"
+        time.sleep(0.005)
     job.send_signal(signal.SIGINT)
     _, stderr = job.communicate(timeout=60)
-    assert job.returncode in (0, 130), stderr
+    written = out.read_text().splitlines()
+    assert job.returncode == (0 if len(written) == 16 else 130), (job.returncode, len(written), stderr)
+    assert all(json.loads(line)["status"] == "ok" for line in written)  # whole rows only
     resumed = subprocess.run(client_cli("--url", gateway.url, "score", str(photo_dir / "nested"), "-o", str(out),
                                         "--pipeline", "fusion"), cwd=PROJECT_ROOT, capture_output=True, text=True,
                              timeout=120)

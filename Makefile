@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 
-.PHONY: install test lint serve repository bench clean
+.PHONY: install test test-fast lint serve repository bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest
+
+# The unit tests only: no Triton, no gateway (about a minute).
+test-fast: install lint
+	$(PY) -m pytest -m "not integration"
 
 # Exports the demo models that the repository lacks and (re)generates the pipelines from pipelines.toml.
 repository: install

@@ -13,6 +13,17 @@ from PIL import Image
 TESTS = Path(__file__).resolve().parent
 TEST_ARCHS = {"vgg_a": "A", "vgg_d": "D", "vgg_e": "E"}
 NUM_CLASSES, TRAINING_SIZE = 10, 64
+# What makes a test an integration test (marker `integration`; `make test-fast` leaves them out): it uses a fixture
+# that runs Triton or the gateway, or its module starts them itself.
+SERVER_FIXTURES = {"triton", "gateway", "limited_gateway", "secured_gateway", "serve", "load"}
+SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_faults", "test_gateway_failover",
+                  "test_launcher", "test_precision", "test_serve", "test_train"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SERVER_MODULES:
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:

@@ -23,11 +23,6 @@ class ClientError(Exception):
     def retryable(self) -> bool:
         return self.status in RETRYABLE_STATUS or self.code == CONNECTION_ERROR
 
-    @property
-    def permanent(self) -> bool:
-        """The input itself was refused (4xx other than 429): retrying it later gives the same answer."""
-        return 400 <= self.status < 500 and self.status != 429
-
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "code": self.code, "message": self.message}
 

@@ -25,5 +25,3 @@ class RetryPolicy:
             return min(self.max_delay_s, max(error.retry_after, backoff))
         return backoff
 
-
-NO_RETRY = RetryPolicy(attempts=1)

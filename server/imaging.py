@@ -88,7 +88,7 @@ def rescale(image: Image.Image, q: int) -> np.ndarray:
     resized = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
     hwc = np.asarray(resized)
     chw = np.empty((3, *hwc.shape[:2]), np.float32)
-    np.copyto(chw, hwc.transpose(2, 0, 1))  # cast and transpose in one pass: 0.1 ms, not 1.3 via a float HWC copy
+    np.copyto(chw, hwc.transpose(2, 0, 1))  # cast and transpose in one pass, without a float HWC copy
     return chw
 
 

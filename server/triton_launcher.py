@@ -13,10 +13,10 @@ half-written or not, stays unloaded. The stub healer (server/stub_healer.py) rel
 access key (server/triton_access.py) every API but health requires it; the CLIs always run with one.
 
 Triton's Python backend talks to each stub through a shared-memory region in /dev/shm (16 MB here, RAM) that only a
-clean shutdown removes: every killed or crashed server used to leave its regions behind (19 GB after a day of tests
-on the development machine, until Triton itself failed to start). Each server started here names its regions after
-this process (`shm-region-prefix-name`), removes them once it has exited, however it exited, and sweeps those of
-servers whose launching process has died.
+clean shutdown removes: a killed or crashed server leaves its regions behind, and enough of them fill /dev/shm
+until Triton itself cannot start. Each server started here names its regions after this process
+(`shm-region-prefix-name`), removes them once it has exited, however it exited, and sweeps those of servers whose
+launching process has died.
 """
 
 from __future__ import annotations

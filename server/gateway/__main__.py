@@ -25,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # loop "auto" and JsonErrorHTTPProtocol (uvicorn's "auto" HTTP protocol): uvloop and httptools (pinned in
-    # requirements.txt) when importable, else asyncio and h11; measured on the 2-core dev machine, they cut the
-    # gateway's CPU per request by about 0.2-0.6 ms.
+    # requirements.txt) when importable, else asyncio and h11; they cut the gateway's CPU per request
+    # (bench/results/gateway.md).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 loop="auto", http=JsonErrorHTTPProtocol, access_log=False, server_header=False,
                 timeout_graceful_shutdown=10)

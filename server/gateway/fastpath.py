@@ -1,8 +1,8 @@
 """The hot path, ``POST /v1/classify`` with a raw image body, served as plain ASGI ahead of FastAPI's routing.
 
-Issue 4's goal is a gateway that adds almost nothing to a direct Triton call. Measured on the 2-core development
-machine, FastAPI's per-request machinery (routing, dependency and query solving, response-model validation and
-serialisation) cost about 0.45 ms of CPU per request, a fifth of the gateway's total. This middleware answers the
+A gateway should add almost nothing to a direct Triton call, and FastAPI's per-request machinery (routing,
+dependency and query solving, response-model validation and serialisation) is a sizeable share of the gateway's
+CPU per request (bench/results/gateway.md). This middleware answers the
 common, well-formed case itself, with the same limits, auth, admission, metrics labels, error shape and JSON
 body, and passes everything it is not sure about (multipart, other content types, unusual or invalid query
 parameters) to the FastAPI route, which stays the documented one (OpenAPI) and produces the errors.

@@ -1,10 +1,9 @@
 """A lean asyncio client for one Triton server's HTTP/REST endpoint (the KServe v2 protocol): keep-alive
 connections, httptools for parsing, and the binary tensor extension for the image.
 
-Why not tritonclient, which issue 4 names: its asyncio clients (aiohttp, grpc.aio) spend 3.2-3.8x this client's
-CPU on the same call, 0.37-0.42 against 0.11-0.13 ms on the 2-core dev machine, and at 8 calls in flight the
-machine serves 8-11% fewer of them (``python -m bench.triton_clients``, bench/results/triton_clients.md). On a
-machine it shares with Triton, the gateway's every CPU millisecond is taken from Triton. The price is this module:
+Why not tritonclient: its asyncio clients (aiohttp, grpc.aio) spend several times this client's CPU on the same
+call (``python -m bench.triton_clients``, bench/results/triton_clients.md), and on a machine it shares with
+Triton, the gateway's every CPU millisecond is taken from Triton. The price is this module:
 the few v2 requests the gateway makes, tested on connection edge cases in tests/test_triton_http.py and against a
 real Triton by every gateway test.
 """

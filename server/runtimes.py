@@ -7,6 +7,8 @@ package, with a `precision` parameter (f32 or bf16), so one repository means the
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +19,9 @@ import onnxruntime as ort
 from server.ort_cache import open_session, resolve_cache_dir
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+# onnxruntime sizes its pool to the host's cores, not a container's CPU limit: a deployment sets this (e.g. from
+# the container's limits.cpu) and it overrides every model's intra_op_thread_count.
+THREADS_ENV = "VGG_ORT_THREADS"
 
 
 class RuntimeConfigError(ValueError):
@@ -71,7 +76,7 @@ class SessionSettings:
     spinning: bool = True
 
     @classmethod
-    def from_model_config(cls, config: dict) -> SessionSettings:
+    def from_model_config(cls, config: dict, environ: Mapping[str, str] | None = None) -> SessionSettings:
         parameters = config.get("parameters", {})
 
         def get(key: str, default: str) -> str:
@@ -80,7 +85,10 @@ class SessionSettings:
         level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
         if level not in GRAPH_LEVELS:
             raise RuntimeConfigError(f"optimization.graph.level {level} is not one of -1, 0, 1, 2")
-        return cls(int(get("intra_op_thread_count", "0")), int(get("inter_op_thread_count", "0")),
+        threads = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
+        if threads and not (threads.isdigit() and int(threads) > 0):
+            raise RuntimeConfigError(f"${THREADS_ENV} must be a positive whole number of threads, got {threads!r}")
+        return cls(int(threads or get("intra_op_thread_count", "0")), int(get("inter_op_thread_count", "0")),
                    get("enable_mem_arena", "1") not in ("0", "false"), level, get("optimized_model_cache", "auto"),
                    get("intra_op_spinning", "0") not in ("0", "false"))
 

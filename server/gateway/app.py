@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     pool = TritonPool(settings.triton_urls, probe_timeout_s=1.0,
                       on_error=lambda url, code: metrics.triton_errors.labels(url, code).inc(),
                       on_state=lambda ep: metrics.endpoint_up.labels(ep.url).set(1 if ep.healthy else 0),
-                      key=settings.triton_key)
+                      key=settings.triton_key, dns_refresh_s=settings.dns_refresh_s,
+                      on_removed=lambda ep: metrics.forget_endpoint(ep.url))
     catalog = PipelineCatalog(pool, settings.catalog_refresh_s, METADATA_TIMEOUT_S, settings.default_pipeline)
     health = PipelineHealth()
     classifier = Classifier(pool, catalog, metrics, settings.triton_timeout_s, max_abandoned=settings.max_inflight,
@@ -178,8 +179,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def readyz() -> ReadyResponse:
         """Ready when a Triton endpoint answers and every pipeline is ready on at least one endpoint and not
         degraded (a step of it answering "stub not healthy")."""
-        up = await pool.probe_all()
-        ready_endpoints = [ep for ep, ok in zip(pool.endpoints, up, strict=True) if ok]
+        endpoints = list(pool.endpoints)  # the list discovery may replace meanwhile
+        up = await pool.probe_all(endpoints)
+        ready_endpoints = [ep for ep, ok in zip(endpoints, up, strict=True) if ok]
         try:
             names = sorted(await catalog.refresh(force=True)) if ready_endpoints else []
         except TritonUnavailable:
@@ -189,11 +191,11 @@ def create_app(settings: Settings) -> FastAPI:
         ready = bool(ready_endpoints) and bool(names) and all(pipeline_state.values())
         if not ready:
             missing = [name for name, ok in pipeline_state.items() if not ok]
-            raise ApiError(503, "not_ready", f"Triton endpoints ready: {len(ready_endpoints)}/{len(pool.endpoints)}; "
+            raise ApiError(503, "not_ready", f"Triton endpoints ready: {len(ready_endpoints)}/{len(endpoints)}; "
                            f"pipelines: {len(names)}" + (f"; not ready: {', '.join(missing)}" if missing else ""),
                            {"Retry-After": str(settings.retry_after_s)})
         return ReadyResponse(status="ready", pipelines=pipeline_state, endpoints=[
-            {"url": ep.url, "ready": ok} for ep, ok in zip(pool.endpoints, up, strict=True)])
+            {"url": ep.url, "ready": ok} for ep, ok in zip(endpoints, up, strict=True)])
 
     @app.get("/metrics", dependencies=[auth], tags=["health"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

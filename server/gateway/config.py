@@ -41,6 +41,7 @@ class Settings:
     triton_timeout_s: float = 30.0  # one inference; beyond this: 504
     body_timeout_s: float = 30.0  # receiving the request body; beyond this: 408
     health_interval_s: float = 1.0  # how often Triton endpoints are probed
+    dns_refresh_s: float = 5.0  # how often a --triton-url that is a name is re-resolved (one endpoint per address)
     catalog_refresh_s: float = 15.0  # how often pipeline metadata is re-read from Triton
     batch_concurrency: int = 8  # concurrent Triton requests for one batch request
     retry_after_s: int = 1
@@ -57,7 +58,7 @@ class Settings:
             "max_top_k": self.max_top_k, "max_inflight": self.max_inflight, "queue_timeout_s": self.queue_timeout_s,
             "triton_timeout_s": self.triton_timeout_s, "body_timeout_s": self.body_timeout_s,
             "health_interval_s": self.health_interval_s, "catalog_refresh_s": self.catalog_refresh_s,
-            "batch_concurrency": self.batch_concurrency,
+            "batch_concurrency": self.batch_concurrency, "dns_refresh_s": self.dns_refresh_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -102,6 +103,7 @@ _NUMERIC = {
     "port": int, "max_body_bytes": int, "max_batch_files": int, "max_top_k": int, "max_inflight": int,
     "max_queue": int, "queue_timeout_s": float, "triton_timeout_s": float, "body_timeout_s": float,
     "health_interval_s": float, "catalog_refresh_s": float, "batch_concurrency": int, "retry_after_s": int,
+    "dns_refresh_s": float,
 }
 
 
@@ -111,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTTP gateway in front of one or more Triton servers serving the VGG pipelines. "
                     f"Every flag also reads an environment variable {ENV_PREFIX}<NAME> (e.g. {ENV_PREFIX}PORT).")
     parser.add_argument("--triton-url", action="append", dest="triton_urls", metavar="HOST:PORT",
-                        help="Triton HTTP endpoint; repeat for replicas (env TRITON_URLS, comma-separated)")
+                        help="Triton HTTP endpoint; repeat for replicas (env TRITON_URLS, comma-separated); a name "
+                             "means every address it resolves to, re-resolved every --dns-refresh-s")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int)
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="TOKEN",

@@ -6,6 +6,7 @@ Label values are bounded: routes are the app's templates, pipelines are known na
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -41,6 +42,11 @@ class GatewayMetrics:
                                      ["endpoint", "code"], registry=self.registry)
         self.endpoint_up = Gauge("vgg_gateway_triton_endpoint_up", "1 when the Triton endpoint answers its probe",
                                  ["endpoint"], registry=self.registry)
+
+    def forget_endpoint(self, url: str) -> None:
+        """An endpoint that discovery retired: no stale series for it (its error counts stay)."""
+        with contextlib.suppress(KeyError):
+            self.endpoint_up.remove(url)
 
 
 class MetricsMiddleware:

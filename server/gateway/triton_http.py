@@ -114,8 +114,8 @@ class TritonHttpClient:
 
     def __init__(self, url: str, connect_timeout_s: float = 2.0, key: str | None = None) -> None:
         self.url = url.removeprefix("http://").rstrip("/")
-        self.host, _, port = self.url.rpartition(":")
-        self.port = int(port)
+        host, _, port = self.url.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)  # an IPv6 address comes as [addr]:port
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
         self._host_header = self.url.encode()

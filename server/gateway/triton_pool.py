@@ -5,6 +5,7 @@ reset, server stopping) is retried on the next endpoint; timeouts are not retrie
 A call that reached a pipeline step whose stub is dead or frozen never ran: it is retried on the next endpoint,
 or on the same one when it is the only one (Triton then picks another instance of the step), a bounded number of
 times. A background probe marks endpoints up and down so requests skip a dead replica instead of paying its timeout.
+A configured name is one endpoint per address it resolves to, re-resolved every ``dns_refresh_s`` (discovery.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from server.gateway.discovery import is_address, resolve
 from server.gateway.errors import TritonUnavailable
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError, Unreachable
 
@@ -31,6 +33,7 @@ class Endpoint:
 
     url: str
     client: TritonHttpClient = field(repr=False)
+    source: str = ""  # the configured URL it was resolved from
     healthy: bool = True
     inflight: int = 0
     failures: int = 0
@@ -54,29 +57,71 @@ class TritonPool:
 
     def __init__(self, urls: Sequence[str], probe_timeout_s: float = 1.0,
                  on_error: Callable[[str, str], None] | None = None,
-                 on_state: Callable[[Endpoint], None] | None = None, key: str | None = None) -> None:
+                 on_state: Callable[[Endpoint], None] | None = None, key: str | None = None,
+                 dns_refresh_s: float = 5.0, on_removed: Callable[[Endpoint], None] | None = None) -> None:
         self.urls = list(urls)
         self.key = key
         self.probe_timeout_s = probe_timeout_s
+        self.dns_refresh_s = dns_refresh_s
         self.endpoints: list[Endpoint] = []
         self._counter = itertools.count()
         self._on_error = on_error
         self._on_state = on_state
+        self._on_removed = on_removed
+        self._retired: list[Endpoint] = []  # gone from DNS, closed once their last call returns
         self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self, health_interval_s: float) -> None:
-        """Probe every endpoint once, then keep probing in the background."""
-        self.endpoints = [Endpoint(url, TritonHttpClient(url, key=self.key), on_state=self._on_state)
-                          for url in self.urls]
+        """Resolve and probe every endpoint once, then keep probing (and re-resolving names) in the background."""
+        self.endpoints = [self._endpoint(url, source) for source, url in await self._wanted()]
         await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_forever(health_interval_s), name="triton-probe")
+
+    def _endpoint(self, url: str, source: str) -> Endpoint:
+        return Endpoint(url, TritonHttpClient(url, key=self.key), source=source, on_state=self._on_state)
+
+    async def _wanted(self) -> list[tuple[str, str]]:
+        """(configured URL, endpoint URL) for every address now; a name that does not resolve keeps the endpoints
+        it had (a DNS hiccup must not empty the pool), or stands for itself until it resolves."""
+        wanted: dict[str, str] = {}
+        for source in self.urls:
+            try:
+                found = await resolve(source)
+            except OSError as exc:
+                found = [ep.url for ep in self.endpoints if ep.source == source] or [source]
+                log.warning("cannot resolve %s (%s); using %s", source, exc, ", ".join(found))
+            for url in found or [source]:
+                wanted.setdefault(url, source)
+        return [(source, url) for url, source in wanted.items()]
+
+    async def rediscover(self) -> None:
+        """Re-resolve the configured names: endpoints for new addresses (probed before they take requests), and
+        endpoints whose address is gone retired."""
+        wanted = await self._wanted()
+        current = {ep.url: ep for ep in self.endpoints}
+        added = [self._endpoint(url, source) for source, url in wanted if url not in current]
+        await asyncio.gather(*(self.probe(ep) for ep in added))
+        fresh = {ep.url: ep for ep in added}
+        keep = {url for _, url in wanted}
+        for endpoint in self.endpoints:
+            if endpoint.url not in keep:
+                log.info("Triton %s no longer resolves from %s; retired", endpoint.url, endpoint.source)
+                self._retired.append(endpoint)
+                if self._on_removed:
+                    self._on_removed(endpoint)
+        for endpoint in added:
+            log.info("Triton %s found behind %s", endpoint.url, endpoint.source)
+        self.endpoints = [current.get(url) or fresh[url] for _, url in wanted]
+        for endpoint in [ep for ep in self._retired if ep.inflight == 0]:
+            self._retired.remove(endpoint)
+            await endpoint.client.close()
 
     async def close(self) -> None:
         if self._probe_task:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
-        for endpoint in self.endpoints:
+        for endpoint in self.endpoints + self._retired:
             await endpoint.client.close()
 
     async def probe(self, endpoint: Endpoint) -> bool:
@@ -88,13 +133,19 @@ class TritonPool:
         endpoint.mark(ready, "" if ready else "server not ready")
         return ready
 
-    async def probe_all(self) -> list[bool]:
-        return list(await asyncio.gather(*(self.probe(ep) for ep in self.endpoints)))
+    async def probe_all(self, endpoints: Sequence[Endpoint] | None = None) -> list[bool]:
+        return list(await asyncio.gather(*(self.probe(ep) for ep in (self.endpoints if endpoints is None
+                                                                      else endpoints))))
 
     async def _probe_forever(self, interval_s: float) -> None:
+        names = not all(is_address(url) for url in self.urls)
+        resolved = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(interval_s)
             try:
+                if names and asyncio.get_running_loop().time() - resolved >= self.dns_refresh_s:
+                    resolved = asyncio.get_running_loop().time()
+                    await self.rediscover()
                 await self.probe_all()
             except Exception:  # a probe must never kill the loop
                 log.exception("Triton probe failed")

@@ -1,0 +1,1 @@
+"""Kubernetes manifests (kustomize) and their offline validation."""

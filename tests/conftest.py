@@ -16,8 +16,8 @@ NUM_CLASSES, TRAINING_SIZE = 10, 64
 # What makes a test an integration test (marker `integration`; `make test-fast` leaves them out): it uses a fixture
 # that runs Triton or the gateway, or its module starts them itself.
 SERVER_FIXTURES = {"triton", "gateway", "limited_gateway", "secured_gateway", "serve", "load"}
-SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_faults", "test_gateway_failover",
-                  "test_launcher", "test_precision", "test_serve", "test_train"}
+SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_deploy", "test_discovery", "test_faults",
+                  "test_gateway_failover", "test_launcher", "test_precision", "test_serve", "test_train"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

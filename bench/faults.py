@@ -72,10 +72,16 @@ class ServeProcess:
         return sorted(SHARED_MEMORY.glob(f"{self.shm_prefix}*"))
 
     def triton_pid(self) -> int | None:
+        return self._child(lambda entry: (entry / "comm").read_text().strip() == "tritonserver")
+
+    def gateway_pid(self) -> int | None:
+        return self._child(lambda entry: b"server.gateway" in (entry / "cmdline").read_bytes())
+
+    def _child(self, matches) -> int | None:
         for entry in Path("/proc").iterdir():
             try:
-                if entry.name.isdigit() and (entry / "comm").read_text().strip() == "tritonserver" \
-                        and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) \
+                        == self.process.pid and matches(entry):
                     return int(entry.name)
             except (OSError, ValueError, IndexError):
                 continue

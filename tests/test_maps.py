@@ -162,3 +162,24 @@ def test_bad_maps_requests_get_precise_errors(maps_gateway, keyed_maps_gateway):
                  "unauthorized")
     ok = classify(keyed_maps_gateway.url, data, "pair", headers={"Authorization": f"Bearer {API_KEY}"})
     assert ok.status_code == 200 and ok.json()["maps"]["views"]
+
+
+def test_the_client_sdk_asks_for_maps_through_the_gateway(maps_gateway, maps_triton):
+    import asyncio
+
+    from client import AsyncClient, Client, ClientError
+
+    data = digit_picture(8, (60, 20, 60))
+    with Client(maps_gateway.url) as client:
+        result = client.classify(data, top_k=2, pipeline="flips", maps=True)
+        assert result.maps["classes"] == [p.index for p in result.predictions] and len(result.maps["views"]) == 4
+        assert client.classify(data, top_k=2, pipeline="flips").maps is None
+
+    async def via_async() -> dict:
+        async with AsyncClient(maps_gateway.url) as client:
+            return (await client.classify(data, top_k=2, pipeline="pair", maps=True)).maps
+
+    assert [v["member"] for v in asyncio.run(via_async())["views"]] == ["vgg_a", "vgg_d"]
+    with Client(f"grpc://{maps_triton.grpc_url}") as direct, pytest.raises(ClientError) as refused:
+        direct.classify(data, pipeline="flips", maps=True)
+    assert refused.value.code == "maps_unsupported" and "gateway" in str(refused.value)

@@ -69,8 +69,13 @@ def poster(url: str, path: str, body: bytes, headers: dict[str, str]) -> Callabl
     connection = http.client.HTTPConnection(host, int(port), timeout=120)
 
     def call() -> int:
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            connection.close()  # the server closed the idle keep-alive connection while other sides ran
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"{path} answered {response.status}: {payload[:200]!r}")

@@ -5,9 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 
-.PHONY: install test test-fast lint serve repository bench clean
+.PHONY: install test test-fast lint serve repository bench clean browser
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Debian's Chromium for the page's browser tests (Playwright drives it; its own browser download is not used).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium (apt-get)"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Re-installs whenever the pinned requirements or the project metadata change.
 $(STAMP): requirements.txt pyproject.toml

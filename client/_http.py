@@ -15,11 +15,14 @@ TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, h
                     httpx.RemoteProtocolError, httpx.PoolTimeout)
 
 
-def classify_request(data: bytes, content_type: str, top_k: int, pipeline: str | None) -> dict[str, Any]:
+def classify_request(data: bytes, content_type: str, top_k: int, pipeline: str | None,
+                     maps: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``httpx.Client.post``: the raw image as the body, no multipart overhead."""
     params: dict[str, Any] = {"top_k": top_k}
     if pipeline:
         params["pipeline"] = pipeline
+    if maps:
+        params["maps"] = "true"
     return {"url": "/v1/classify", "params": params, "content": data, "headers": {"content-type": content_type}}
 
 
@@ -71,3 +74,8 @@ def timeout_error(exc: Exception) -> ClientError:
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def maps_unsupported() -> ClientError:
+    return ClientError(0, "maps_unsupported", "score maps come from the gateway (http://...); direct mode "
+                                              "(grpc://) does not lay them out")

@@ -39,13 +39,16 @@ class AsyncClient:
             self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_http.auth_headers(api_key),
                                            limits=limits)
 
-    async def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None) -> Classification:
+    async def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None,
+                       maps: bool = False) -> Classification:
         check_options(top_k)
         data, kind, _ = encode(image)
+        if self._direct and maps:
+            raise _http.maps_unsupported()
         if self._direct:
             direct = self._direct
             return await self._retrying(lambda: direct.classify(data, top_k, pipeline))
-        request = _http.classify_request(data, kind, top_k, pipeline)
+        request = _http.classify_request(data, kind, top_k, pipeline, maps)
 
         async def call() -> Classification:
             return _http.parse_classification(await self._post(request))

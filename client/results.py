@@ -21,6 +21,7 @@ class Classification:
     pipeline: str
     models: dict[str, str] = field(default_factory=dict)
     timing_ms: float = 0.0
+    maps: dict[str, Any] | None = None  # the score maps' JSON (docs/maps.md), when asked for with maps=True
 
     @property
     def top(self) -> Prediction:
@@ -31,7 +32,7 @@ class Classification:
         return cls(predictions=tuple(Prediction(str(p["label"]), int(p["index"]), float(p["score"]))
                                      for p in data["predictions"]),
                    pipeline=str(data["pipeline"]), models=dict(data.get("models", {})),
-                   timing_ms=float(data.get("timing_ms", 0.0)))
+                   timing_ms=float(data.get("timing_ms", 0.0)), maps=data.get("maps"))
 
 
 @dataclass(frozen=True)

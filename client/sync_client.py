@@ -39,13 +39,17 @@ class Client:
             self._http = httpx.Client(base_url=url, timeout=timeout, headers=_http.auth_headers(api_key),
                                       limits=limits)
 
-    def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None) -> Classification:
-        """Top-k classes for one image (a path, bytes, a PIL image or an HxW[xC] numpy array)."""
+    def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None,
+                 maps: bool = False) -> Classification:
+        """Top-k classes for one image (a path, bytes, a PIL image or an HxW[xC] numpy array); with ``maps``, also
+        their score maps (``.maps``, gateway mode only)."""
         check_options(top_k)
         data, kind, _ = encode(image)
+        if self._direct and maps:
+            raise _http.maps_unsupported()
         if self._direct:
             return self._retrying(lambda: self._direct.classify(data, top_k, pipeline))  # type: ignore[union-attr]
-        request = _http.classify_request(data, kind, top_k, pipeline)
+        request = _http.classify_request(data, kind, top_k, pipeline, maps)
         return self._retrying(lambda: _http.parse_classification(self._post(request)))
 
     def classify_batch(self, images: list[ImageInput], top_k: int = 5,

@@ -2,7 +2,8 @@
 
     python -m server.repository --spec pipelines.toml --repository model_repository
 
-For each pipeline P it writes the ensemble `P`, its preprocess step `P_preprocess` and its fusion step `P_fuse`;
+For each pipeline P it writes the ensemble `P`, its preprocess step `P_preprocess` and its fusion step `P_fuse`,
+and, when P has dense views, `P_maps`: the same steps, also answering each member's class score maps (maps.py);
 member models missing from the repository are exported from the checkpoints the spec names. Files are rewritten
 only when their content changes, so a second run changes nothing; generated models no longer in the spec are
 removed. Nobody edits the generated configs by hand.
@@ -23,6 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server.imaging import ImageLimits
+from server.maps import maps_ensemble_config
 from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
 from server.staging import staging_dir
 
@@ -271,6 +273,10 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
                                       STEP_SOURCES / "fuse.py"),
             pipeline.name: (ensemble_config(pipeline, classes, labels is not None), None),
         }
+        if pipeline.dense:
+            windows = {m.name: m.min_input_size for m in members}
+            maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None), pipeline, windows)
+            models[maps.name] = (maps, None)
         for name, (config, source) in models.items():
             files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
             files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None

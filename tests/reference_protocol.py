@@ -73,3 +73,11 @@ def pipeline_posterior(models: list[VGG], data: bytes, scales: list[int], mode: 
     weights = weights / weights.sum()
     members = [member_posterior(m, image, scales, mode, flips, grid) for m in models]
     return np.sum([w * p for w, p in zip(weights, members, strict=True)], axis=0)
+
+
+def score_maps(model: VGG, image: Image.Image, q: int, flips: bool) -> np.ndarray:
+    """The raw class score maps [views, classes, h, w] of the image rescaled to Q (then of its mirror, as computed
+    on the mirrored image: column 0 is the mirror's left edge)."""
+    net = FullyConvolutionalVGG(model).eval()
+    with torch.no_grad():
+        return net((with_mirrors(rescaled(image, q), flips) - MEAN) / STD).numpy()

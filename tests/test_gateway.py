@@ -391,9 +391,11 @@ def test_openapi_documents_the_real_models(gateway):
     assert classify["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
     assert {"multipart/form-data", "image/jpeg", "image/png"} <= set(classify["requestBody"]["content"])
     names = {p["name"] for p in classify["parameters"]}
-    assert names == {"pipeline", "top_k"}
+    assert names == {"pipeline", "top_k", "maps"}
     components = schema["components"]["schemas"]
-    assert set(components["ClassifyResponse"]["properties"]) == {"predictions", "pipeline", "models", "timing_ms"}
+    assert set(components["ClassifyResponse"]["properties"]) == {"predictions", "pipeline", "models", "timing_ms",
+                                                                 "maps"}
+    assert {"views", "fused", "classes"} <= set(components["ScoreMaps"]["properties"])
     assert {"BatchResponse", "PipelinesResponse", "ReadyResponse"} <= set(components)
     assert httpx.get(gateway.url + "/docs").status_code == 200
 

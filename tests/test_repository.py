@@ -51,7 +51,7 @@ def test_removed_pipeline_is_cleaned_up_and_members_stay(repository, tmp_path):
     changed = generate(load_spec(path), repository)
     assert any("fusion (removed)" in c for c in changed)
     names = sorted(p.name for p in repository.iterdir())
-    assert names == ["only", "only_fuse", "only_preprocess", "vgg_a", "vgg_d", "vgg_e"]
+    assert names == ["only", "only_fuse", "only_maps", "only_preprocess", "vgg_a", "vgg_d", "vgg_e"]
 
 
 BAD_SPECS = {

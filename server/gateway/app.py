@@ -18,6 +18,7 @@ from server.gateway.config import Settings
 from server.gateway.errors import ApiError, TritonUnavailable, install_handlers
 from server.gateway.fastpath import ClassifyFastPath
 from server.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from server.gateway.page import add_page
 from server.gateway.pipeline_health import PipelineHealth
 from server.gateway.pipelines import PipelineCatalog
 from server.gateway.schemas import (
@@ -105,19 +106,21 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     top_k_query = Query(5, ge=1, le=settings.max_top_k, description="Number of classes to return")
     pipeline_query = Query(None, max_length=128, description="Pipeline name (default: the configured default)")
+    maps_query = Query(False, description="Also return the top-k classes' score maps per member, scale and mirror, "
+                                          "and fused (docs/maps.md)")
 
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[auth, single_values], tags=["classify"],
-              openapi_extra=_image_body(many=False),
+              openapi_extra=_image_body(many=False), response_model_exclude_none=True,
               responses=_errors(400, 401, 404, 408, 413, 415, 422, 429, 502, 503, 504))
     async def classify(request: Request, pipeline: str | None = pipeline_query,
-                       top_k: int = top_k_query) -> ClassifyResponse:
+                       top_k: int = top_k_query, maps: bool = maps_query) -> ClassifyResponse:
         """Classify one image: multipart field `file`, or the raw body with an image content type."""
         started = time.perf_counter()
         async with admitted(admission, classifier, request, pipeline) as chosen:
             part = (await read_images(request, settings.max_body_bytes, settings.body_timeout_s, 1))[0]
             if part.error:
                 raise part.error
-            result = await classifier.classify(chosen, part.data, top_k)
+            result = await classifier.classify(chosen, part.data, top_k, maps)
         result.timing_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
@@ -167,7 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
                          scales=list(p.scales), mode=p.mode, flips=p.flips, num_classes=p.num_classes,
                          versions=dict(p.versions), default=p.name == default,
                          status="degraded" if health.reason(p.name) else "ready",
-                         degraded_reason=health.reason(p.name))
+                         degraded_reason=health.reason(p.name), maps=p.maps is not None)
             for p in sorted(found.values(), key=lambda p: p.name)])
 
     @app.get("/healthz", response_model=HealthResponse, tags=["health"])
@@ -202,6 +205,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         """Prometheus exposition: requests and latency by route, pipeline and status; in flight; Triton errors."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    add_page(app)
 
     # Outermost last: metrics see every request, including those the fast path answers without FastAPI's routing.
     classify_route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/classify")

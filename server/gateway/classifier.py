@@ -7,6 +7,7 @@ k short strings come back instead of the whole probability vector.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +17,8 @@ from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
 from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
 from server.gateway.schemas import ClassifyResponse
-from server.gateway.triton_http import TritonHttpError
+from server.gateway.score_maps import infer_maps, lay_out, upright_size
+from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
 
 
@@ -58,9 +60,9 @@ class Classifier:
             raise ApiError(404, "unknown_pipeline", f"unknown pipeline {name[:100]!r}; available: {known}")
         return pipeline
 
-    async def classify(self, pipeline: Pipeline, image: bytes, top_k: int) -> ClassifyResponse:
+    async def classify(self, pipeline: Pipeline, image: bytes, top_k: int, maps: bool = False) -> ClassifyResponse:
         """Top-k for one image as the response model (see classify_raw)."""
-        return ClassifyResponse(**await self.classify_raw(pipeline, image, top_k))
+        return ClassifyResponse(**await self.classify_raw(pipeline, image, top_k, maps=maps))
 
     async def canary(self, name: str) -> None:
         """One request to a degraded pipeline, without retries, so its state follows what its steps can do."""
@@ -69,9 +71,11 @@ class Classifier:
             await self.classify_raw(pipeline, self._canary_image, 1, step_retries=0, count=False)
 
     async def classify_raw(self, pipeline: Pipeline, image: bytes, top_k: int,
-                           step_retries: int = UNHEALTHY_STEP_RETRIES, count: bool = True) -> dict[str, Any]:
-        """Top-k for one image as the plain JSON-ready body of ClassifyResponse; 504 after the timeout, without
-        ever cancelling the call on the Triton side.
+                           step_retries: int = UNHEALTHY_STEP_RETRIES, count: bool = True,
+                           maps: bool = False) -> dict[str, Any]:
+        """Top-k for one image as the plain JSON-ready body of ClassifyResponse, with the top-k classes' score
+        maps when ``maps`` (from the pipeline's maps ensemble); 504 after the timeout, without ever cancelling the
+        call on the Triton side.
 
         Triton 2.51's Python backend can crash (SIGSEGV in TRITONBACKEND_ResponseSend) when a request it is
         executing is cancelled, which is what a client deadline or a dropped connection can do. So inference calls
@@ -81,6 +85,9 @@ class Classifier:
         if len(self.abandoned) >= self.max_abandoned:
             raise ApiError(503, "triton_saturated", "the inference server is not keeping up; retry later",
                            {"Retry-After": "1"})
+        if maps and pipeline.maps is None:
+            raise ApiError(422, "maps_unavailable", f"pipeline {pipeline.name!r} has no score maps (only dense "
+                           "views have them; a multi-crop pipeline has none)")
         started = time.perf_counter()
         k = min(top_k, pipeline.num_classes) if pipeline.num_classes else top_k
         unhealthy: list[str] = []
@@ -89,9 +96,14 @@ class Classifier:
             unhealthy.append(message)
             self.health.unhealthy_step(pipeline.name, message)
 
-        call = asyncio.ensure_future(self.pool.call(
-            lambda client: client.classify(pipeline.name, INPUT_NAME, OUTPUT_NAME, image, k),
-            on_unhealthy_step=broken_step, step_retries=step_retries))
+        if maps:
+            request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
+                                        outputs=[view["tensor"] for view in pipeline.maps["views"]])
+        else:
+            request = functools.partial(TritonHttpClient.classify, model=pipeline.name, input_name=INPUT_NAME,
+                                        output_name=OUTPUT_NAME, data=image, top_k=k)
+        call = asyncio.ensure_future(self.pool.call(request, on_unhealthy_step=broken_step,
+                                                    step_retries=step_retries))
         outcome = "ok"
         try:
             result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
@@ -119,8 +131,14 @@ class Classifier:
         if count:
             self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
             self.metrics.images.labels(pipeline.name, "ok").inc()
-        return {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
+        if maps:
+            result, score_maps = result
+        body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
                 "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
+        if maps:
+            classes = [p["index"] for p in body["predictions"]]
+            body["maps"] = lay_out(pipeline.maps, score_maps, classes, upright_size(image))
+        return body
 
     def _abandon(self, call: asyncio.Future[list[str]]) -> None:
         if call.done():

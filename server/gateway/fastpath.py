@@ -108,4 +108,6 @@ class ClassifyFastPath:
                 top_k = int(value)
                 if not 1 <= top_k <= self.settings.max_top_k:
                     return None
+            elif key == "maps":
+                return None  # score maps: the route serves them
         return pipeline, top_k

@@ -10,12 +10,13 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import TritonPool
+from server.maps import MAPS_GEOMETRY, MAPS_OF
 
 log = logging.getLogger("server.gateway")
 SPEC_PARAMETER = "pipeline.spec"
@@ -37,6 +38,7 @@ class Pipeline:
     description: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
+    maps: dict[str, Any] | None = None  # the geometry of its `<name>_maps` ensemble, when Triton serves one
 
 
 def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> Pipeline | None:
@@ -144,4 +146,9 @@ class PipelineCatalog:
                 continue
             if pipeline:
                 found[pipeline.name] = pipeline
+        for config in configs:
+            parameters = config.get("parameters", {})
+            of = parameters.get(MAPS_OF, {}).get("string_value")
+            if of in found and config.get("name") in ready:
+                found[of] = replace(found[of], maps=json.loads(parameters[MAPS_GEOMETRY]["string_value"]))
         return found

@@ -16,6 +16,34 @@ class ClassifyResponse(BaseModel):
     pipeline: str
     models: dict[str, str] = Field(description="Member model name -> version that served the request")
     timing_ms: float = Field(description="Time spent in the gateway for this image, including Triton")
+    maps: ScoreMaps | None = Field(None, description="The top-k classes' score maps; only with maps=true")
+
+
+class MapGrid(BaseModel):
+    rescaled_size: list[int] = Field(description="[width, height] of the image rescaled to the view's scale Q")
+    window: int = Field(description="Side of the square (rescaled pixels) each cell scores: the training size")
+    origin: list[int] = Field(description="[x, y] of cell (0, 0)'s window in rescaled pixels; cell (i, j) is "
+                                          "origin + stride * (j, i)")
+    size: list[int] = Field(description="[columns, rows] of cells")
+    probs: list[list[list[float]]] = Field(description="[class][row][column], classes as in `classes`")
+
+
+class ViewMap(MapGrid):
+    member: str
+    member_index: int
+    scale: int = Field(description="Test scale Q")
+    flipped: bool = Field(description="The mirrored view; its map is mirrored back (columns left to right)")
+    posterior: list[float] = Field(description="The view's posterior of the `classes`: softmax of the mean scores")
+    scores: list[list[list[float]]] = Field(description="Raw class scores [class][row][column]")
+
+
+class ScoreMaps(BaseModel):
+    values: str = Field(description="What probs and scores hold")
+    classes: list[int] = Field(description="Class indices of the planes: the predictions, best first")
+    image_size: list[int] = Field(description="[width, height] of the upright original image")
+    stride: int = Field(description="Rescaled pixels between neighbouring cells")
+    views: list[ViewMap] = Field(description="One per member, dense scale and mirror")
+    fused: MapGrid = Field(description="All views' probs averaged like the posteriors, on the finest view's grid")
 
 
 class ErrorBody(BaseModel):
@@ -55,6 +83,7 @@ class PipelineInfo(BaseModel):
     status: str = Field("ready", description="'ready', or 'degraded' while a step of it is being restarted "
                                              "(its requests are retried and may fail with 503)")
     degraded_reason: str | None = Field(None, description="Triton's message about the broken step, if degraded")
+    maps: bool = Field(False, description="Whether classify answers maps=true for it (pipelines with dense views)")
 
 
 class PipelinesResponse(BaseModel):
@@ -75,3 +104,6 @@ class ReadyResponse(BaseModel):
     status: str = Field(description="'ready' or 'not_ready'")
     endpoints: list[EndpointStatus]
     pipelines: dict[str, bool] = Field(description="Pipeline -> ready on at least one endpoint")
+
+
+ClassifyResponse.model_rebuild()  # its `maps` field names a model defined after it

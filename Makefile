@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 
-.PHONY: install test test-fast lint serve repository bench clean browser
+.PHONY: install test test-fast lint lock serve repository bench clean browser
 
 install: $(STAMP) browser
 
@@ -22,6 +22,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The pinned lock files, regenerated from pyproject.toml's dependencies (keeping the current pins where they still
+# fit): requirements-serve.txt for the service alone, requirements.txt with every extra.
+LOCK := $(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --annotation-style=line
+lock: install
+	$(LOCK) --output-file=requirements-serve.txt pyproject.toml
+	$(LOCK) --all-extras --output-file=requirements.txt pyproject.toml
 
 lint: install
 	$(VENV)/bin/ruff check .

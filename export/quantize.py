@@ -96,7 +96,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Path, training_
     onnx.save(model, str(prepared))
     del model
     quantize_static(str(prepared), str(int8_path), _Reader(views), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MaxPool", "Relu"], nodes_to_exclude=["fc8"],
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     prepared.unlink()

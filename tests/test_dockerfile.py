@@ -66,8 +66,8 @@ def test_every_copied_path_exists_and_reaches_the_build_context():
 
 
 def test_pins_match_requirements():
-    pins = dict(line.strip().lower().split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
-                if "==" in line)
+    pins = dict(line.split("#")[0].strip().lower().split("==") for line in
+                (ROOT / "requirements-serve.txt").read_text().splitlines() if "==" in line.split("#")[0])
     run = " ".join(args for keyword, args in instructions() if keyword == "RUN")
     found = re.findall(r"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([0-9][^\s\"']*)", run)
     assert {"fastapi", "numpy", "tritonclient"} <= {name.lower() for name, _ in found}

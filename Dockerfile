@@ -28,6 +28,7 @@ RUN pip install numpy==1.26.4 pillow==13.0.0 fastapi==0.165.0 uvicorn==0.54.0 uv
 
 WORKDIR /opt/vgg-serve
 COPY pyproject.toml ./
+COPY vgg/ vgg/
 COPY server/ server/
 COPY client/ client/
 # Installed (not only copied) so the Python backend's stub processes import `server` whatever their sys.path.

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def random_checkpoints(folder: Path, layouts: dict[str, str]) -> dict[str, Path]:
     """{name: configuration letter} -> {name: checkpoint}, made in a subprocess so this process stays torch-free."""
-    code = ("import sys, torch; from export.vgg import VGG, VGGConfig\n"
+    code = ("import sys, torch; from vgg.nets import VGG, VGGConfig\n"
             "for name, layout in zip(sys.argv[1::2], sys.argv[2::2]):\n"
             "    torch.manual_seed(0); m = VGG(VGGConfig(layout)); m.init_glorot()\n"
             f"    torch.save(m.state_dict(), '{folder}/' + name + '.pt'); del m\n")

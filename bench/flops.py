@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 
-from export.vgg import VGGConfig
+from vgg.nets import VGGConfig
 
 
 def dense_gflop(config: VGGConfig, height: int, width: int, batch: int = 1) -> float:

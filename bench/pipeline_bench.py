@@ -23,10 +23,10 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 
 from bench.common import free_port, machine, median_ms, photo_jpeg, publish
-from server.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from server.pipeline_spec import load_spec
 from server.repository import generate
 from server.triton_launcher import TritonServer
+from vgg.imaging import ImageLimits, decode_rgb, dense_views, rescale
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = """
@@ -43,7 +43,7 @@ flips = true
 
 def make_model(folder: Path, width: float, threads: int) -> Path:
     """Checkpoint + export in a subprocess: the benchmark process itself stays free of torch."""
-    code = (f"import torch; from export.vgg import VGG, VGGConfig; torch.manual_seed(0); "
+    code = (f"import torch; from vgg.nets import VGG, VGGConfig; torch.manual_seed(0); "
             f"m = VGG(VGGConfig('D', width={width})); m.init_glorot(); torch.save(m.state_dict(), '{folder}/vgg16.pt')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     repository = folder / "repository"

@@ -34,8 +34,8 @@ from bench.build import calibration_photos, export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, publish
 from bench.flops import dense_gflop
 from bench.served import latency_ms, process_tree_memory_mb, under_load
-from export.vgg import VGGConfig
-from server.imaging import rescaled_size
+from vgg.imaging import rescaled_size
+from vgg.nets import VGGConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("fp32", "bf16", "int8")

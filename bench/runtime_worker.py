@@ -32,7 +32,7 @@ def load(args: argparse.Namespace):
 
         from export.checkpoint import load_vgg
         from export.onnx_graph import Normalization
-        from export.vgg import FullyConvolutionalVGG
+        from vgg.nets import FullyConvolutionalVGG
 
         torch.set_num_threads(args.threads)
         vgg = load_vgg(Path(args.model))
@@ -43,7 +43,7 @@ def load(args: argparse.Namespace):
             with torch.inference_mode():
                 return net(x)
         return run
-    from server.runtimes import Accelerator, OnnxRuntimeRunner, SessionSettings, open_runner
+    from vgg.runtimes import Accelerator, OnnxRuntimeRunner, SessionSettings, open_runner
 
     settings = SessionSettings(args.threads, 1, mem_arena=not args.lean, optimized_model_cache=args.cache or "off")
     if args.runtime == "openvino":
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lean", action="store_true", help="onnxruntime without arena and weight pre-packing")
-    parser.add_argument("--cache", help="onnxruntime's optimized-model cache folder (server/ort_cache.py)")
+    parser.add_argument("--cache", help="onnxruntime's optimized-model cache folder (vgg/ort_cache.py)")
     args = parser.parse_args()
     base = rss_mb()
     run = load(args)

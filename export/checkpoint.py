@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from export.vgg import LAYOUTS, VGG, VGGConfig, parse_arch
+from vgg.nets import LAYOUTS, VGG, VGGConfig, parse_arch
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "params")
 

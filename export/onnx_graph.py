@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from export.vgg import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, VGG
+from vgg.nets import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, VGG
 
 OPSET = 17  # served by onnxruntime >= 1.13, i.e. every Triton release since 22.12
 INPUT_NAME, PROBS_NAME, SCORES_NAME = "image", "probs", "scores"

@@ -18,8 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-from server.imaging import ImageLimits, ImageRejected, decode_rgb, rescale
-from server.runtimes import Accelerator, Runner, open_runner
+from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, rescale
+from vgg.runtimes import Accelerator, Runner, open_runner
 
 FIRST_CONV_CHANNELS = 8  # onnxruntime's int8 conv kernel is far slower with 3 input channels than with 8
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}

@@ -20,7 +20,7 @@ from export.onnx_graph import Normalization, write_onnx
 from export.quantize import QuantizationError, check_bf16, find_images, quantize_int8
 from export.triton_model import ServingOptions, StagedModel, default_labels, model_config
 from export.validate import compare_with_pytorch
-from export.vgg import VGGConfig
+from vgg.nets import VGGConfig
 
 
 class ExportError(Exception):

@@ -14,8 +14,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.onnx_graph import INPUT_NAME, PROBS_NAME, SCORES_NAME, Normalization
-from export.vgg import VGGConfig
-from server.staging import staging_dir
+from vgg.nets import VGGConfig
+from vgg.staging import staging_dir
 
 LABELS_FILE = "labels.txt"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet1k_labels.txt")
@@ -28,7 +28,7 @@ class ServingOptions:
     instances: int = 1
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores); pipelines set it explicitly
     inter_op_threads: int = 1
-    intra_op_spinning: bool = False  # served models share the cores: see server/runtimes.py SessionSettings
+    intra_op_spinning: bool = False  # served models share the cores: see vgg/runtimes.py SessionSettings
     max_queue_delay_us: int = 500
 
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 
 from export.onnx_graph import INPUT_NAME, Normalization
-from export.vgg import VGG, FullyConvolutionalVGG
+from vgg.nets import VGG, FullyConvolutionalVGG
 
 PROBS_TOLERANCE = 1e-4
 FP16_PROBS_TOLERANCE = 5e-3  # float16 weights carry ~3 significant digits

@@ -23,10 +23,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.imaging import ImageLimits
 from server.maps import maps_ensemble_config
 from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
-from server.staging import staging_dir
+from vgg.imaging import ImageLimits
+from vgg.staging import staging_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STEP_SOURCES = Path(__file__).resolve().parent / "triton_models"

@@ -37,7 +37,7 @@ def make_checkpoint(path: Path, layout: str, seed: int, batch_norm: bool = False
     """A He-initialised VGG (signal kept through depth) whose posteriors are far from uniform."""
     import torch
 
-    from export.vgg import VGG, VGGConfig
+    from vgg.nets import VGG, VGGConfig
 
     torch.manual_seed(seed)
     model = VGG(VGGConfig(layout, batch_norm, width, num_classes, hidden=64, fc6_kernel=fc6_kernel))

@@ -17,8 +17,8 @@ import pytest
 
 from deploy import validate
 from deploy.dashboard import dashboard_metric_names
-from server.runtimes import RuntimeConfigError, SessionSettings
 from server.triton_access import restriction_flags
+from vgg.runtimes import RuntimeConfigError, SessionSettings
 
 pytest.register_assert_rewrite("gateway_support")
 from gateway_support import Gateway, free_port  # noqa: E402

@@ -19,7 +19,7 @@ from export.checkpoint import load_vgg
 from export.onnx_graph import Normalization, write_onnx
 from export.to_onnx import main as export_main
 from export.validate import compare_with_pytorch
-from export.vgg import LAYOUTS, VGG, VGGConfig
+from vgg.nets import LAYOUTS, VGG, VGGConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ def test_normalisation_and_channel_order_are_in_the_graph(tmp_path):
     bgr = image[:, ::-1] - np.array([103.939, 116.779, 123.68], np.float32).reshape(1, 3, 1, 1)
     with torch.no_grad():
         scores = vgg.features(torch.from_numpy(bgr.copy()))
-        from export.vgg import FullyConvolutionalVGG
+        from vgg.nets import FullyConvolutionalVGG
         expected = torch.softmax(FullyConvolutionalVGG(vgg)(torch.from_numpy(bgr.copy())).mean((2, 3)), 1).numpy()
     assert scores.shape[1] == vgg.config.last_channels
     np.testing.assert_allclose(probs, expected, atol=1e-5)
@@ -222,7 +222,7 @@ def test_inputs_below_training_size_fail_rather_than_give_garbage(tmp_path):
         session(tmp_path / "net.onnx").run(["probs"], {"image": np.zeros((1, 3, 48, 96), np.float32)})
 
 
-# torchvision's own layouts (torchvision.models.vgg16 / vgg16_bn / vgg11), written out independently of export/vgg.py:
+# torchvision's own layouts (torchvision.models.vgg16 / vgg16_bn / vgg11), written out independently of vgg/nets.py:
 # the indices of the conv layers in `features`, and the classifier's linear layers.
 TORCHVISION_CONV_INDICES = {
     ("D", False): [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.imaging import (
+from vgg.imaging import (
     ImageLimits,
     ImageRejected,
     decode_rgb,

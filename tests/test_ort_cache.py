@@ -1,4 +1,4 @@
-"""The optimized-model cache (server/ort_cache.py): built once, reused, rebuilt when stale or broken, never fatal."""
+"""The optimized-model cache (vgg/ort_cache.py): built once, reused, rebuilt when stale or broken, never fatal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from server.ort_cache import DEFAULT_DIR_NAME, open_session, resolve_cache_dir
+from vgg.ort_cache import DEFAULT_DIR_NAME, open_session, resolve_cache_dir
 
 
 def conv_model(path, seed: int = 0) -> None:

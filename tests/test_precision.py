@@ -16,9 +16,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.quantize import FIRST_CONV_CHANNELS, pad_first_conv
-from server.imaging import ImageLimits, decode_rgb, rescale
-from server.runtimes import Accelerator, OnnxRuntimeRunner, RuntimeConfigError, SessionSettings
 from server.triton_launcher import LaunchError, TritonServer
+from vgg.imaging import ImageLimits, decode_rgb, rescale
+from vgg.runtimes import Accelerator, OnnxRuntimeRunner, RuntimeConfigError, SessionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_accelerator_config_is_read_like_the_native_backend():
 
 def test_openvino_missing_is_a_clear_error():
     code = ("import sys; sys.modules['openvino'] = None\n"
-            "from server.runtimes import Accelerator, RuntimeConfigError, open_runner\n"
+            "from vgg.runtimes import Accelerator, RuntimeConfigError, open_runner\n"
             "try:\n    open_runner('model.onnx', Accelerator('openvino', 'bf16'))\n"
             "except RuntimeConfigError as e:\n    print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -18,7 +18,6 @@ from conftest import free_port
 
 from export.checkpoint import load_vgg
 from export.onnx_graph import Normalization, write_onnx
-from export.vgg import VGG, VGGConfig
 from server.triton_launcher import TritonServer
 from train import demo_data, fit
 from train.augment import rescale_shortest, to_tensor
@@ -28,6 +27,7 @@ from train.distributed import World
 from train.imagefolder import load_rgb, scan
 from train.init import conv_names, init_from_a
 from train.progress import ProgressBar
+from vgg.nets import VGG, VGGConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from server.imaging import rescaled_size
 from train.imagefolder import ImageFolder, load_rgb
+from vgg.imaging import rescaled_size
 
 
 def rescale_shortest(image: Image.Image, side: int) -> Image.Image:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from export.onnx_graph import Normalization
-from export.vgg import VGG, FullyConvolutionalVGG
 from train.augment import rescale_shortest, to_tensor
+from vgg.nets import VGG, FullyConvolutionalVGG
 
 NORMALIZATION = Normalization.preset("torchvision")
 

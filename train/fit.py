@@ -26,7 +26,6 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from export.checkpoint import CheckpointError, infer_config
-from export.vgg import VGG
 from train.augment import Lighting, TrainTransform
 from train.checkpoints import default_log_path, load_training_checkpoint, save_atomic, write_log
 from train.distributed import World, barrier, spawn
@@ -34,6 +33,7 @@ from train.imagefolder import DatasetError, ImageFolder, ImageLoader, resolve_sp
 from train.init import initialise
 from train.loop import train_epoch, validate
 from train.recipe import Recipe, RecipeError
+from vgg.nets import VGG
 
 USER_ERRORS = (DatasetError, CheckpointError, RecipeError)
 

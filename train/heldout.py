@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from export.checkpoint import CheckpointError, load_vgg
-from export.vgg import VGG
 from train.dense import dense_posteriors
 from train.imagefolder import DatasetError, ImageFolder, load_rgb, scan
+from vgg.nets import VGG
 
 
 def topk_accuracy(posteriors: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from export.checkpoint import CheckpointError, extract_state_dict, infer_config, read_checkpoint
-from export.vgg import VGG, VGGConfig
+from vgg.nets import VGG, VGGConfig
 
 COPIED_CONVS = 4
 

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.vgg import VGG
 from train.augment import TrainTransform
 from train.batches import global_batches, training_batches
 from train.dense import NORMALIZATION, dense_posteriors
 from train.distributed import World, all_sum
 from train.imagefolder import ImageFolder, ImageLoader
 from train.progress import ProgressBar
+from vgg.nets import VGG
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: ImageFolder, load: ImageLoader,

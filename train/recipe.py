@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from export.vgg import VGGConfig, parse_arch
+from vgg.nets import VGGConfig, parse_arch
 
 
 class RecipeError(Exception):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from server.gateway.errors import ApiError
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
-from server.imaging import rescaled_size
+from vgg.imaging import rescaled_size
 
 VALUES = ("probs: softmax over all classes at each cell (comparable across cells, scales and members); scores: the "
           "raw class scores, whose spatial mean, soft-maxed, is exactly the view's posterior")

@@ -11,8 +11,8 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from server.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 from server.pipeline_spec import Pipeline
+from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 
 
 class TritonPythonModel:

@@ -5,9 +5,9 @@ thing here and in NVIDIA's tritonserver container. It honours what it can of the
 instance groups (Triton starts one of these per instance), dynamic batching (requests of equal shape that Triton
 hands over together run as one batch), `intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`,
 `optimization { graph { level } }`, `default_model_filename`, and the `openvino` CPU execution accelerator (run
-with the openvino package; see server/runtimes.py). Two parameters are its own: `optimized_model_cache` ("auto": a
+with the openvino package; see vgg/runtimes.py). Two parameters are its own: `optimized_model_cache` ("auto": a
 `.optimized/` folder beside the model; "off"; or a folder), which loads full-size VGG-16 at a quarter of the peak
-memory (server/ort_cache.py), and `intra_op_spinning` ("0" unless set: served models share the cores).
+memory (vgg/ort_cache.py), and `intra_op_spinning` ("0" unless set: served models share the cores).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from server.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
+from vgg.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
 
 def _parameter(config: dict, key: str, default: str) -> str:

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from server.ort_cache import open_session, resolve_cache_dir
+from vgg.ort_cache import open_session, resolve_cache_dir
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
 # onnxruntime sizes its pool to the host's cores, not a container's CPU limit: a deployment sets this (e.g. from

@@ -21,6 +21,8 @@ class Classification:
     pipeline: str
     models: dict[str, str] = field(default_factory=dict)
     timing_ms: float = 0.0
+    stage: str | None = None  # cascades only: the stage (a pipeline) that answered
+    stages: tuple[str, ...] = ()  # cascades only: the stages run, in order
 
     @property
     def top(self) -> Prediction:
@@ -31,7 +33,8 @@ class Classification:
         return cls(predictions=tuple(Prediction(str(p["label"]), int(p["index"]), float(p["score"]))
                                      for p in data["predictions"]),
                    pipeline=str(data["pipeline"]), models=dict(data.get("models", {})),
-                   timing_ms=float(data.get("timing_ms", 0.0)))
+                   timing_ms=float(data.get("timing_ms", 0.0)), stage=data.get("stage"),
+                   stages=tuple(data.get("stages") or ()))
 
 
 @dataclass(frozen=True)

@@ -393,7 +393,8 @@ def test_openapi_documents_the_real_models(gateway):
     names = {p["name"] for p in classify["parameters"]}
     assert names == {"pipeline", "top_k"}
     components = schema["components"]["schemas"]
-    assert set(components["ClassifyResponse"]["properties"]) == {"predictions", "pipeline", "models", "timing_ms"}
+    assert set(components["ClassifyResponse"]["properties"]) == {"predictions", "pipeline", "models", "timing_ms",
+                                                                    "stage", "stages"}
     assert {"BatchResponse", "PipelinesResponse", "ReadyResponse"} <= set(components)
     assert httpx.get(gateway.url + "/docs").status_code == 200
 

@@ -105,7 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     top_k_query = Query(5, ge=1, le=settings.max_top_k, description="Number of classes to return")
     pipeline_query = Query(None, max_length=128, description="Pipeline name (default: the configured default)")
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[auth, single_values], tags=["classify"],
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
+              dependencies=[auth, single_values], tags=["classify"],
               openapi_extra=_image_body(many=False),
               responses=_errors(400, 401, 404, 408, 413, 415, 422, 429, 502, 503, 504))
     async def classify(request: Request, pipeline: str | None = pipeline_query,

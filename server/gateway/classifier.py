@@ -14,7 +14,7 @@ from typing import Any
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
+from server.gateway.pipelines import CASCADE_OUTPUTS, INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.triton_http import TritonHttpError
 from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
@@ -43,7 +43,7 @@ class Classifier:
         self._canary_image = canary_image()
         self.timeout_s = timeout_s
         self.max_abandoned = max_abandoned
-        self.abandoned: set[asyncio.Future[list[str]]] = set()
+        self.abandoned: set[asyncio.Future[Any]] = set()
 
     async def resolve(self, name: str | None) -> Pipeline:
         """The named pipeline (or the default); 404 if Triton doesn't serve it, 503 if Triton can't be asked."""
@@ -89,12 +89,13 @@ class Classifier:
             unhealthy.append(message)
             self.health.unhealthy_step(pipeline.name, message)
 
+        extra = CASCADE_OUTPUTS if pipeline.mode == "cascade" else ()
         call = asyncio.ensure_future(self.pool.call(
-            lambda client: client.classify(pipeline.name, INPUT_NAME, OUTPUT_NAME, image, k),
+            lambda client: client.classify_with(pipeline.name, INPUT_NAME, OUTPUT_NAME, image, k, extra),
             on_unhealthy_step=broken_step, step_retries=step_retries))
         outcome = "ok"
         try:
-            result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
+            result, extras = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except TimeoutError:
             self._abandon(call)
             self.metrics.triton_errors.labels("", "timeout").inc()
@@ -119,10 +120,15 @@ class Classifier:
         if count:
             self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
             self.metrics.images.labels(pipeline.name, "ok").inc()
-        return {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
+        body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
                 "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
+        if extra:  # a cascade: which stage answered, and which ran
+            body["stage"], body["stages"] = (extras["stage"] or [""])[0], extras["stages"]
+            if count:
+                self.metrics.cascade_answers.labels(pipeline.name, body["stage"]).inc()
+        return body
 
-    def _abandon(self, call: asyncio.Future[list[str]]) -> None:
+    def _abandon(self, call: asyncio.Future[Any]) -> None:
         if call.done():
             if not call.cancelled():
                 call.exception()  # retrieved: no "exception never retrieved" warning
@@ -130,7 +136,7 @@ class Classifier:
         self.abandoned.add(call)
         call.add_done_callback(self._forget)
 
-    def _forget(self, call: asyncio.Future[list[str]]) -> None:
+    def _forget(self, call: asyncio.Future[Any]) -> None:
         self.abandoned.discard(call)
         if not call.cancelled():
             call.exception()

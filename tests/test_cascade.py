@@ -204,6 +204,6 @@ def test_bad_cascade_specs_are_refused_with_the_field_named(tmp_path, case):
     path = tmp_path / "spec.toml"
     path.write_text(BASE_SPEC + '\n[pipelines.c0]\nstages = ["fast", "fusion"]\nthresholds = [0.5]\n'
                     + f"\n[pipelines.bad]\n{table}")
-    with pytest.raises(SpecError, match="pipelines.bad: ") as caught:
+    with pytest.raises(SpecError, match=r"pipelines\.bad: ") as caught:
         load_spec(path)
     assert message in str(caught.value)

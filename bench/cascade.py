@@ -29,7 +29,7 @@ from onnx import shape_inference
 
 from bench.accuracy import EvaluationError, image_folder
 from bench.common import free_port
-from server.cascade_spec import Cascade, confidence, stops_at, view_key
+from server.cascade_spec import Cascade, confidence, stops_at, view_units
 from server.imaging import ImageLimits, decode_rgb, rescaled_size
 from server.pipeline_spec import Pipeline, Spec, SpecError, View, load_spec
 from server.repository import generate, read_member, resolve
@@ -87,12 +87,12 @@ class MacCounter:
         return total
 
 
-def view_gmac(counter: MacCounter, pipeline: Pipeline, member: str, view: View, size: tuple[int, int]) -> float:
-    mirrors = 2 if pipeline.flips else 1
+def unit_gmac(counter: MacCounter, pipeline: Pipeline, member: str, view: View, size: tuple[int, int]) -> float:
+    """GMAC of one half of a view (its unmirrored rows, or its mirrored ones): the unit a cascade reuses."""
     if view.kind == "crops":
-        return counter.gmac(member, pipeline.grid ** 2 * mirrors, pipeline.crop_size, pipeline.crop_size)
+        return counter.gmac(member, pipeline.grid ** 2, pipeline.crop_size, pipeline.crop_size)
     width, height = rescaled_size(*size, view.scale)
-    return counter.gmac(member, mirrors, height, width)
+    return counter.gmac(member, 1, height, width)
 
 
 def stage_costs(cascade: Cascade, size: tuple[int, int], counter: MacCounter) -> list[float]:
@@ -102,10 +102,10 @@ def stage_costs(cascade: Cascade, size: tuple[int, int], counter: MacCounter) ->
     for stage in cascade.stage_pipelines:
         for member in stage.members:
             for view in stage.views():
-                key = view_key(stage, member, view)
-                if key not in seen:
-                    seen.add(key)
-                    total += view_gmac(counter, stage, member, view, size)
+                for unit in view_units(stage, member, view):
+                    if unit not in seen:
+                        seen.add(unit)
+                        total += unit_gmac(counter, stage, member, view, size)
         out.append(total)
     return out
 

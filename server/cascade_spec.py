@@ -36,10 +36,12 @@ def stops_at(stage_probs: list[np.ndarray], rule: str, thresholds: tuple[float, 
     return len(stage_probs) - 1
 
 
-def view_key(pipeline: Pipeline, member: str, view: View) -> tuple:
-    """What identifies a member's evaluation of a view: two stages sharing a key share the tensor and its result."""
+def view_units(pipeline: Pipeline, member: str, view: View) -> list[tuple]:
+    """What a member's evaluation of a view is made of: the unmirrored rows, then (with flips) the mirrored ones,
+    the halves of the view's tensor in that order. Two stages sharing a unit share its rows and their posteriors."""
     crops = (pipeline.crop_size, pipeline.grid) if view.kind == "crops" else ()
-    return member, view.kind, view.scale, pipeline.flips, *crops
+    return [(member, view.kind, view.scale, *crops, mirrored) for mirrored in ((False, True) if pipeline.flips
+                                                                                else (False,))]
 
 
 @dataclass(frozen=True)

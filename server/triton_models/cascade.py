@@ -15,7 +15,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from server.cascade_spec import Cascade, confidence, view_key
+from server.cascade_spec import Cascade, confidence, view_units
 from server.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 from server.pipeline_spec import Pipeline, View
 from server.triton_models.fuse import fuse
@@ -65,17 +65,25 @@ class TritonPythonModel:
 
     async def _evaluate(self, stage: Pipeline, image: object, rescaled: dict[int, np.ndarray],
                         evaluated: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
-        """The stage's fuse inputs `m{member}_{view}`, running only the (member, view) pairs not yet evaluated."""
-        wanted = {}
+        """The stage's fuse inputs `m{member}_{view}`, running only the rows (a view, or its mirror) that no earlier
+        stage evaluated."""
+        wanted, calls = {}, []
         for index, member in enumerate(stage.members):
             for view in stage.views():
-                wanted[f"m{index}_{view.tensor}"] = (member, view, view_key(stage, member, view))
-        todo = {key: (member, view) for member, view, key in wanted.values() if key not in evaluated}
-        if todo:
-            results = await asyncio.gather(*(self._infer(member, self._tensor(stage, view, image, rescaled))
-                                             for member, view in todo.values()))
-            evaluated.update(zip(todo, results, strict=True))
-        return {name: evaluated[key] for name, (_, _, key) in wanted.items()}
+                units = view_units(stage, member, view)
+                wanted[f"m{index}_{view.tensor}"] = units
+                missing = [i for i, unit in enumerate(units) if unit not in evaluated]
+                if missing:
+                    tensor = self._tensor(stage, view, image, rescaled)
+                    if len(missing) < len(units):  # one half of [originals; mirrors]
+                        half = len(tensor) // len(units)
+                        tensor = tensor[missing[0] * half:(missing[0] + 1) * half]
+                    calls.append(([units[i] for i in missing], member, tensor))
+        results = await asyncio.gather(*(self._infer(member, tensor) for _, member, tensor in calls))
+        for (units, _, _), probs in zip(calls, results, strict=True):
+            for unit, rows in zip(units, np.split(probs, len(units)), strict=True):
+                evaluated[unit] = rows
+        return {name: np.concatenate([evaluated[unit] for unit in units]) for name, units in wanted.items()}
 
     @staticmethod
     def _tensor(stage: Pipeline, view: View, image: object, rescaled: dict[int, np.ndarray]) -> np.ndarray:

@@ -50,7 +50,7 @@ class Cascade:
     stages: tuple[str, ...]
     thresholds: tuple[float, ...]
     rule: str = "max"
-    instances: int = 2
+    instances: int = 4  # requests in flight at once: each instance waits on its members most of the time
     description: str = ""
     stage_pipelines: tuple[Pipeline, ...] = ()  # the stages' definitions, filled in when the spec is loaded
 
@@ -111,7 +111,7 @@ def build_cascade(name: str, entry: dict, pipelines: dict[str, Pipeline]) -> Cas
     rule = entry.get("rule", "max")
     if rule not in RULES:
         raise SpecError(f"{where}: rule {rule!r} is not one of {', '.join(RULES)}")
-    instances = entry.get("instances", 2)
+    instances = entry.get("instances", Cascade.instances)
     if not isinstance(instances, int) or instances < 1:
         raise SpecError(f"{where}: instances must be a positive integer")
     return Cascade(name=name, stages=tuple(stages), thresholds=tuple(float(t) for t in thresholds), rule=rule,

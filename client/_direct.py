@@ -110,8 +110,10 @@ def parse_pipelines(index: dict[str, Any], configs: list[dict[str, Any]]) -> dic
     found: dict[str, PipelineInfo] = {}
     for response in configs:
         config = response.get("config", response)
-        raw = config.get("parameters", {}).get(SPEC_PARAMETER, {}).get("string_value")
-        if not raw or config.get("platform") != "ensemble":
+        parameters = config.get("parameters", {})
+        raw = parameters.get(SPEC_PARAMETER, {}).get("string_value")
+        cascade = parameters.get("pipeline.kind", {}).get("string_value") == "cascade"  # its own entry, no ensemble
+        if not raw or (config.get("platform") != "ensemble" and not cascade):
             continue
         spec = json.loads(raw)
         dims = [int(d) for out in config.get("output", []) if out.get("name") == "probs" for d in out.get("dims", [])]
@@ -142,6 +144,24 @@ def request_parts(module: Any, data: bytes, top_k: int) -> tuple[Any, Any]:
     tensor = module.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
     return tensor, module.InferRequestedOutput("probs", class_count=top_k)
+
+
+CASCADE_OUTPUTS = ("stage", "stages")
+
+
+def requested_outputs(module: Any, info: PipelineInfo, output: Any) -> list[Any]:
+    """probs, and for a cascade which stage answered and which ran."""
+    extra = CASCADE_OUTPUTS if info.mode == "cascade" else ()
+    return [output, *(module.InferRequestedOutput(name) for name in extra)]
+
+
+def classification(result: Any, info: PipelineInfo, started: float) -> Classification:
+    stage, stages = None, ()
+    if info.mode == "cascade":
+        stages = tuple(item.decode() for item in result.as_numpy("stages").reshape(-1))
+        stage = result.as_numpy("stage").reshape(-1)[0].decode()
+    return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
+                          round((time.perf_counter() - started) * 1000, 3), stage, stages)
 
 
 
@@ -245,7 +265,8 @@ class DirectTransport:
             finished.set()
 
         try:
-            client.async_infer(info.name, [tensor], done, outputs=[output], headers=self.headers)
+            client.async_infer(info.name, [tensor], done, outputs=requested_outputs(self._module, info, output),
+                               headers=self.headers)
         except BaseException:
             self._give_back(client)
             raise
@@ -254,8 +275,7 @@ class DirectTransport:
         result, error = outcome[0]
         if error is not None:
             raise map_error(error)
-        return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
-                              round((time.perf_counter() - started) * 1000, 3))
+        return classification(result, info, started)
 
     def close(self) -> None:
         with self._lock:
@@ -308,8 +328,8 @@ class AsyncDirectTransport:
     async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
         started = time.perf_counter()
         info, tensor, output = prepare_request(self._module, await self.pipelines(), data, top_k, pipeline)
-        call = asyncio.ensure_future(self.client().infer(info.name, [tensor], outputs=[output],
-                                                          headers=self.headers))
+        call = asyncio.ensure_future(self.client().infer(
+            info.name, [tensor], outputs=requested_outputs(self._module, info, output), headers=self.headers))
         self._running.add(call)
         call.add_done_callback(self._finished)
         try:  # shielded, never cancelled in Triton (see DirectTransport.classify)
@@ -318,8 +338,7 @@ class AsyncDirectTransport:
             raise ClientError(504, "triton_timeout", "Triton did not answer in time") from None
         except self._error as exc:
             raise map_error(exc) from None
-        return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
-                              round((time.perf_counter() - started) * 1000, 3))
+        return classification(result, info, started)
 
     def _finished(self, call: asyncio.Future[Any]) -> None:
         self._running.discard(call)

@@ -22,6 +22,8 @@ class Classification:
     models: dict[str, str] = field(default_factory=dict)
     timing_ms: float = 0.0
     maps: dict[str, Any] | None = None  # the score maps' JSON (docs/maps.md), when asked for with maps=True
+    stage: str | None = None  # cascades only: the stage (a pipeline) that answered
+    stages: tuple[str, ...] = ()  # cascades only: the stages run, in order
 
     @property
     def top(self) -> Prediction:
@@ -32,7 +34,8 @@ class Classification:
         return cls(predictions=tuple(Prediction(str(p["label"]), int(p["index"]), float(p["score"]))
                                      for p in data["predictions"]),
                    pipeline=str(data["pipeline"]), models=dict(data.get("models", {})),
-                   timing_ms=float(data.get("timing_ms", 0.0)), maps=data.get("maps"))
+                   timing_ms=float(data.get("timing_ms", 0.0)), maps=data.get("maps"), stage=data.get("stage"),
+                   stages=tuple(data.get("stages") or ()))
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class View:
 @dataclass
 class Spec:
     models: dict[str, ModelSource] = field(default_factory=dict)
-    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)  # and Cascade (server/cascade_spec.py) entries
     limits: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,9 +125,13 @@ def load_spec(path: Path) -> Spec:
         source = _build(ModelSource, f"models.{name}", name=name, **entry)
         _check_source(source, f"models.{name}")
         spec.models[name] = source
+    cascades = {}
     for name, entry in raw.get("pipelines", {}).items():
         where = f"pipelines.{name}"
         entry = dict(entry)
+        if "stages" in entry:  # a cascade of other pipelines: built once they are all known
+            cascades[name] = entry
+            continue
         for key in ("members", "scales", "weights"):
             if key in entry:
                 if not isinstance(entry[key], list):
@@ -136,6 +140,12 @@ def load_spec(path: Path) -> Spec:
         pipeline = _build(Pipeline, where, name=name, **entry)
         _check_pipeline(pipeline, where)
         spec.pipelines[name] = pipeline
+    if cascades:
+        from server.cascade_spec import build_cascade
+
+        plain = dict(spec.pipelines)
+        for name, entry in cascades.items():
+            spec.pipelines[name] = build_cascade(name, entry, plain)
     if not spec.pipelines:
         raise SpecError(f"{path}: no [pipelines.NAME] tables")
     return spec

@@ -23,6 +23,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from server.cascade_spec import Cascade, with_resolved_stages
 from server.maps import maps_ensemble_config
 from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
 from vgg.imaging import ImageLimits
@@ -167,6 +168,21 @@ def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> m
     return config
 
 
+def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits: ImageLimits) -> mc.ModelConfig:
+    """image -> the cascade's Python model (server/triton_models/cascade.py), which calls the stages' members."""
+    config = mc.ModelConfig(name=cascade.name, backend="python", max_batch_size=0)
+    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    if has_labels:
+        output.label_filename = "labels.txt"
+    config.output.add(name="stage", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="stages", data_type=mc.TYPE_STRING, dims=[-1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cascade.instances)
+    _set_parameters(config, {"pipeline.spec": cascade.to_json(), "pipeline.kind": "cascade",
+                             "image.limits": json.dumps(dataclasses.asdict(limits))})
+    return config
+
+
 def _set_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
     config.parameters[GENERATED_MARK].string_value = GENERATOR
     for key, value in values.items():
@@ -259,9 +275,12 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     export_missing(spec, repository)
     files: dict[Path, bytes] = {}
     usage: dict[str, MemberUsage] = {}
+    resolved: dict[str, Pipeline] = {}
     for pipeline in spec.pipelines.values():
+        if isinstance(pipeline, Cascade):
+            continue
         members = [read_member(repository, m) for m in pipeline.members]
-        pipeline = resolve(pipeline, members)
+        pipeline = resolved[pipeline.name] = resolve(pipeline, members)
         for member in members:
             usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
         labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
@@ -282,6 +301,8 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
             files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None
             if labels is not None and not name.endswith("_preprocess"):
                 files[repository / name / "labels.txt"] = labels.read_bytes()
+    for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
+        files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits))
     for name, used in usage.items():
         path = repository / name / "config.pbtxt"
         deployed = deploy_member(text_format.Parse(path.read_text(), mc.ModelConfig()), target, used)
@@ -293,6 +314,20 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
         shutil.rmtree(repository / stale)
         changed.append(f"{repository / stale} (removed)")
     return changed
+
+
+def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits) -> dict[Path, bytes]:
+    members = [read_member(repository, m) for m in cascade.members]
+    if len({m.num_classes for m in members}) != 1:
+        raise SpecError(f"pipelines.{cascade.name}: the stages' members disagree on the number of classes "
+                        + ", ".join(f"{m.name}={m.num_classes}" for m in members))
+    labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
+    config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
+    files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
+             repository / cascade.name / "1" / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
+    if labels is not None:
+        files[repository / cascade.name / "labels.txt"] = labels.read_bytes()
+    return files
 
 
 def _write_if_changed(path: Path, content: bytes | None) -> bool:

@@ -394,7 +394,7 @@ def test_openapi_documents_the_real_models(gateway):
     assert names == {"pipeline", "top_k", "maps"}
     components = schema["components"]["schemas"]
     assert set(components["ClassifyResponse"]["properties"]) == {"predictions", "pipeline", "models", "timing_ms",
-                                                                 "maps"}
+                                                                 "maps", "stage", "stages"}
     assert {"views", "fused", "classes"} <= set(components["ScoreMaps"]["properties"])
     assert {"BatchResponse", "PipelinesResponse", "ReadyResponse"} <= set(components)
     assert httpx.get(gateway.url + "/docs").status_code == 200

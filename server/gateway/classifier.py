@@ -15,7 +15,7 @@ from typing import Any
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
+from server.gateway.pipelines import CASCADE_OUTPUTS, INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.score_maps import infer_maps, lay_out, upright_size
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
@@ -45,7 +45,7 @@ class Classifier:
         self._canary_image = canary_image()
         self.timeout_s = timeout_s
         self.max_abandoned = max_abandoned
-        self.abandoned: set[asyncio.Future[list[str]]] = set()
+        self.abandoned: set[asyncio.Future[Any]] = set()
 
     async def resolve(self, name: str | None) -> Pipeline:
         """The named pipeline (or the default); 404 if Triton doesn't serve it, 503 if Triton can't be asked."""
@@ -96,17 +96,18 @@ class Classifier:
             unhealthy.append(message)
             self.health.unhealthy_step(pipeline.name, message)
 
-        if maps:
+        extra = CASCADE_OUTPUTS if pipeline.mode == "cascade" else ()
+        if maps:  # answers (top-k, the maps' tensors)
             request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
                                         outputs=[view["tensor"] for view in pipeline.maps["views"]])
-        else:
-            request = functools.partial(TritonHttpClient.classify, model=pipeline.name, input_name=INPUT_NAME,
-                                        output_name=OUTPUT_NAME, data=image, top_k=k)
+        else:  # answers (top-k, the extra outputs)
+            request = functools.partial(TritonHttpClient.classify_with, model=pipeline.name, input_name=INPUT_NAME,
+                                        output_name=OUTPUT_NAME, data=image, top_k=k, extra=extra)
         call = asyncio.ensure_future(self.pool.call(request, on_unhealthy_step=broken_step,
                                                     step_retries=step_retries))
         outcome = "ok"
         try:
-            result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
+            result, extras = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except TimeoutError:
             self._abandon(call)
             self.metrics.triton_errors.labels("", "timeout").inc()
@@ -131,16 +132,18 @@ class Classifier:
         if count:
             self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
             self.metrics.images.labels(pipeline.name, "ok").inc()
-        if maps:
-            result, score_maps = result
         body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
                 "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
         if maps:
             classes = [p["index"] for p in body["predictions"]]
-            body["maps"] = lay_out(pipeline.maps, score_maps, classes, upright_size(image))
+            body["maps"] = lay_out(pipeline.maps, extras, classes, upright_size(image))
+        if extra:  # a cascade: which stage answered, and which ran
+            body["stage"], body["stages"] = (extras["stage"] or [""])[0], extras["stages"]
+            if count:
+                self.metrics.cascade_answers.labels(pipeline.name, body["stage"]).inc()
         return body
 
-    def _abandon(self, call: asyncio.Future[list[str]]) -> None:
+    def _abandon(self, call: asyncio.Future[Any]) -> None:
         if call.done():
             if not call.cancelled():
                 call.exception()  # retrieved: no "exception never retrieved" warning
@@ -148,7 +151,7 @@ class Classifier:
         self.abandoned.add(call)
         call.add_done_callback(self._forget)
 
-    def _forget(self, call: asyncio.Future[list[str]]) -> None:
+    def _forget(self, call: asyncio.Future[Any]) -> None:
         self.abandoned.discard(call)
         if not call.cancelled():
             call.exception()

@@ -36,6 +36,8 @@ class GatewayMetrics:
                                registry=self.registry)
         self.images = Counter("vgg_gateway_images", "Images classified, by outcome", ["pipeline", "outcome"],
                               registry=self.registry)
+        self.cascade_answers = Counter("vgg_gateway_cascade_answers", "Images a cascade answered, by the stage "
+                                       "that answered", ["pipeline", "stage"], registry=self.registry)
         self.triton_latency = Histogram("vgg_gateway_triton_duration_seconds", "Triton inference latency",
                                         ["pipeline"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.triton_errors = Counter("vgg_gateway_triton_errors", "Errors returned by or reaching Triton",

@@ -22,6 +22,7 @@ log = logging.getLogger("server.gateway")
 SPEC_PARAMETER = "pipeline.spec"
 OUTPUT_NAME = "probs"
 INPUT_NAME = "image"
+CASCADE_OUTPUTS = ("stage", "stages")  # a cascade's Python model answers which stage answered and which ran
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ class Pipeline:
 def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> Pipeline | None:
     """A Pipeline from a model config (JSON form), or None when the model is not a pipeline.
 
-    The pipeline's helper models (preprocess, fuse) carry the same spec; only the ensemble is the public entry.
+    The pipeline's helper models (preprocess, fuse) carry the same spec; only the ensemble is the public entry, or
+    the Python model of a cascade (``pipeline.kind`` = cascade), which is its own entry.
     """
-    raw = config.get("parameters", {}).get(SPEC_PARAMETER, {}).get("string_value")
-    if not raw or config.get("platform") != "ensemble":
+    parameters = config.get("parameters", {})
+    raw = parameters.get(SPEC_PARAMETER, {}).get("string_value")
+    cascade = parameters.get("pipeline.kind", {}).get("string_value") == "cascade"
+    if not raw or (config.get("platform") != "ensemble" and not cascade):
         return None
     spec = json.loads(raw)
     outputs = {out["name"]: out for out in config.get("output", [])}

@@ -16,6 +16,8 @@ class ClassifyResponse(BaseModel):
     pipeline: str
     models: dict[str, str] = Field(description="Member model name -> version that served the request")
     timing_ms: float = Field(description="Time spent in the gateway for this image, including Triton")
+    stage: str | None = Field(None, description="Cascades only: the stage (a pipeline) that answered")
+    stages: list[str] | None = Field(None, description="Cascades only: the stages run, in order")
     maps: ScoreMaps | None = Field(None, description="The top-k classes' score maps; only with maps=true")
 
 

@@ -181,16 +181,22 @@ class TritonHttpClient:
 
     async def classify(self, model: str, input_name: str, output_name: str, data: bytes, top_k: int) -> list[str]:
         """One BYTES element in, Triton's classification extension out: ["score:index:label", ...]."""
-        body, header_length = classification_request(input_name, output_name, data, top_k)
+        return (await self.classify_with(model, input_name, output_name, data, top_k, ()))[0]
+
+    async def classify_with(self, model: str, input_name: str, output_name: str, data: bytes, top_k: int,
+                            extra: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
+        """classify, plus the named ``extra`` outputs as JSON lists (a cascade's `stage` and `stages`)."""
+        body, header_length = classification_request(input_name, output_name, data, top_k, extra)
         status, payload = await self.request(
             "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
             b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n" % header_length)
         if status != 200:
             raise _error(status, payload)
-        for output in json.loads(payload).get("outputs", []):
-            if output.get("name") == output_name:
-                return [str(item) for item in output.get("data", [])]
-        raise TritonHttpError(502, f"the inference server's response has no {output_name!r} output")
+        outputs = {output.get("name"): output.get("data", []) for output in json.loads(payload).get("outputs", [])}
+        missing = [name for name in (output_name, *extra) if name not in outputs]
+        if missing:
+            raise TritonHttpError(502, f"the inference server's response has no {missing[0]!r} output")
+        return [str(item) for item in outputs[output_name]], {name: [str(i) for i in outputs[name]] for name in extra}
 
     async def close(self) -> None:
         for connection in self._idle:
@@ -198,13 +204,15 @@ class TritonHttpClient:
         self._idle.clear()
 
 
-def classification_request(input_name: str, output_name: str, data: bytes, top_k: int) -> tuple[bytes, int]:
+def classification_request(input_name: str, output_name: str, data: bytes, top_k: int,
+                           extra: tuple[str, ...] = ()) -> tuple[bytes, int]:
     """(body, length of its JSON header) of a v2 inference request: ``data`` as one BYTES element in the binary
     tensor extension's framing (4-byte little-endian length, then the bytes), top-k asked of the classification
     extension as JSON strings."""
     header = (b'{"inputs":[{"name":"%s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}],'
-              b'"outputs":[{"name":"%s","parameters":{"classification":%d,"binary_data":false}}]}'
-              % (input_name.encode(), len(data) + 4, output_name.encode(), top_k))
+              b'"outputs":[{"name":"%s","parameters":{"classification":%d,"binary_data":false}}%s]}'
+              % (input_name.encode(), len(data) + 4, output_name.encode(), top_k,
+                 b"".join(b',{"name":"%s","parameters":{"binary_data":false}}' % name.encode() for name in extra)))
     return header + struct.pack("<I", len(data)) + data, len(header)
 
 

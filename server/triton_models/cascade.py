@@ -1,0 +1,109 @@
+"""Triton Python model: a cascade pipeline. Runs its stages in order and stops at the first confident one.
+
+Triton's ensembles are fixed graphs and cannot branch, so this model calls the member models itself (business-logic
+scripting). It decodes the image once, rescales it once per scale, and runs each (member, view) at most once: a view
+an earlier stage evaluated is reused by the later stage. Each stage's posterior is fused exactly as that stage's
+own pipeline fuses it (the same `fuse`). Outputs: `probs` (the answering stage's posterior), `stage` (its name) and
+`stages` (the stages run, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from server.cascade_spec import Cascade, confidence, view_units
+from server.pipeline_spec import Pipeline, View
+from server.triton_models.fuse import fuse
+from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
+
+
+class StepFailed(Exception):
+    """A member model's error, passed on with its own message (the gateway tells a restarting step by it)."""
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        self.cascade = Cascade.from_json(parameters["pipeline.spec"]["string_value"])
+        self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+
+    async def execute(self, requests: list) -> list:
+        return list(await asyncio.gather(*(self._one(request) for request in requests)))
+
+    async def _one(self, request: object) -> object:
+        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+        if data.size != 1:
+            return _error(f"[invalid_image] expected one encoded image per request, got {data.size}")
+        try:
+            image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
+        except ImageRejected as exc:
+            return _error(str(exc))
+        except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
+            return _error(f"[invalid_image] undecodable image ({type(exc).__name__}: {exc})")
+        rescaled: dict[int, np.ndarray] = {}
+        evaluated: dict[tuple, np.ndarray] = {}
+        run: list[str] = []
+        cascade = self.cascade
+        try:
+            for index, stage in enumerate(cascade.stage_pipelines):
+                posteriors = await self._evaluate(stage, image, rescaled, evaluated)
+                probs = fuse(stage, posteriors)
+                run.append(stage.name)
+                last = index == len(cascade.stage_pipelines) - 1
+                if last or confidence(probs, cascade.rule) > cascade.thresholds[index]:
+                    break
+        except StepFailed as exc:
+            return _error(str(exc), pb_utils.TritonError.INTERNAL)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("probs", probs),
+            pb_utils.Tensor("stage", np.array([run[-1].encode()], dtype=np.object_)),
+            pb_utils.Tensor("stages", np.array([name.encode() for name in run], dtype=np.object_))])
+
+    async def _evaluate(self, stage: Pipeline, image: object, rescaled: dict[int, np.ndarray],
+                        evaluated: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
+        """The stage's fuse inputs `m{member}_{view}`, running only the rows (a view, or its mirror) that no earlier
+        stage evaluated."""
+        wanted, calls = {}, []
+        for index, member in enumerate(stage.members):
+            for view in stage.views():
+                units = view_units(stage, member, view)
+                wanted[f"m{index}_{view.tensor}"] = units
+                missing = [i for i, unit in enumerate(units) if unit not in evaluated]
+                if missing:
+                    tensor = self._tensor(stage, view, image, rescaled)
+                    if len(missing) < len(units):  # one half of [originals; mirrors]
+                        half = len(tensor) // len(units)
+                        tensor = tensor[missing[0] * half:(missing[0] + 1) * half]
+                    calls.append(([units[i] for i in missing], member, tensor))
+        results = await asyncio.gather(*(self._infer(member, tensor) for _, member, tensor in calls))
+        for (units, _, _), probs in zip(calls, results, strict=True):
+            for unit, rows in zip(units, np.split(probs, len(units)), strict=True):
+                evaluated[unit] = rows
+        return {name: np.concatenate([evaluated[unit] for unit in units]) for name, units in wanted.items()}
+
+    @staticmethod
+    def _tensor(stage: Pipeline, view: View, image: object, rescaled: dict[int, np.ndarray]) -> np.ndarray:
+        if view.scale not in rescaled:
+            rescaled[view.scale] = rescale(image, view.scale)
+        chw = rescaled[view.scale]
+        if view.kind == "dense":
+            return dense_views(chw, stage.flips)
+        return grid_crops(chw, stage.crop_size, stage.grid, stage.flips)
+
+    @staticmethod
+    async def _infer(member: str, tensor: np.ndarray) -> np.ndarray:
+        request = pb_utils.InferenceRequest(model_name=member, requested_output_names=["probs"],
+                                            inputs=[pb_utils.Tensor("image", tensor)])
+        response = await request.async_exec()
+        if response.has_error():
+            raise StepFailed(response.error().message())
+        return pb_utils.get_output_tensor_by_name(response, "probs").as_numpy()
+
+
+def _error(message: str, code: int | None = None) -> object:
+    code = pb_utils.TritonError.INVALID_ARG if code is None else code
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench.common import free_port, machine, photo_jpeg, publish, start_gateway
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                             for run, (actors, per_actor) in zip(runs[3:], variants, strict=True):
                                 job.actors = actors
                                 settings = ScoringSettings(url, None, 60.0, None, 5, args.pipeline, per_actor)
-                                measure_stream(groups, run, lambda s=settings: job.score(sources, s), args.images)
+                                measure_stream(groups, run, partial(job.score, sources, settings), args.images)
                         finally:
                             job.close()
                         print(f"round {round_ + 1}: " + ", ".join(f"{r.rates[-1]:.0f}" for r in runs), flush=True)

@@ -21,7 +21,7 @@ MISSING_PYARROW = "Parquet output needs pyarrow: pip install './client[ray]'"
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401 - the submodule the writer uses
+        import pyarrow.parquet
     except ImportError:
         raise ImportError(MISSING_PYARROW) from None
     return pyarrow

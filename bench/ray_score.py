@@ -16,19 +16,26 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.common import free_port, machine, photo_jpeg, publish, start_gateway
+from client.errors import ClientError
+from client.output import result_row
+from client.ray_score import ACTOR_CPUS, BATCHES_PER_THREAD, RayJob, Scorer, ScoringSettings, result_from_row
+from client.results import ScoreResult
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -141,6 +148,35 @@ def measure_stream(groups: Groups, run: Run, results: Callable[[], Iterable[obje
     run.cpu.append({name: after[name] - before[name] for name in groups.names})
 
 
+class BytesScorer(Scorer):
+    """The design not taken, measured: Ray Data reads the files (read_binary_files) and the image bytes travel to
+    the actors through the object store."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        results = self.pool.map(self.classify_bytes, list(batch["path"]), list(batch["bytes"]))
+        return {"row": [json.dumps(result_row(result), sort_keys=True) for result in results]}
+
+    def classify_bytes(self, path: str, data: bytes) -> ScoreResult:
+        try:
+            classification = self.client.classify(data, self.settings.top_k, self.settings.pipeline)
+        except ClientError as exc:
+            return ScoreResult(path, error=exc)
+        return ScoreResult(path, classification=classification)
+
+
+def score_bytes_through_ray(job: RayJob, folder: Path, settings: ScoringSettings, images: int) -> Iterator[ScoreResult]:
+    import ray
+
+    rows_per_block = settings.concurrency * BATCHES_PER_THREAD
+    dataset = ray.data.read_binary_files(str(folder), include_paths=True,
+                                         override_num_blocks=math.ceil(images / rows_per_block))
+    scored = dataset.map_batches(BytesScorer, fn_constructor_args=(settings,), batch_size=rows_per_block,
+                                 compute=job.pool(), num_cpus=ACTOR_CPUS)
+    for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.column("row").to_pylist():
+            yield result_from_row(json.loads(row))
+
+
 def report(args: argparse.Namespace, runs: list[Run], init_s: list[float]) -> str:
     reference = {"end to end": runs[0].median(runs[0].rates), "in process": runs[2].median(runs[2].rates)}
     lines = [f"# Ray Data batch scoring vs the plain client, {datetime.date.today().isoformat()}", "",
@@ -182,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from client import Client
-    from client.ray_score import RayJob, ScoringSettings
     from server.pipeline_spec import load_spec
     from server.repository import generate
     from server.triton_launcher import TritonServer
 
     image = photo_jpeg((500, 333))
     c = args.concurrency
-    variants = [(1, c), (2, max(1, c // 2)), (1, 2 * c), (4, max(1, c // 4))]
+    # (label, actors, requests in flight per actor, blocks at once per actor, bytes through the object store)
+    variants = [(f"1 actor x {c}", 1, c, 2, False), (f"1 actor x {c}, one block at a time", 1, c, 1, False),
+                (f"2 actors x {max(1, c // 2)}", 2, max(1, c // 2), 2, False), (f"{c} actors x 1", c, 1, 2, False),
+                (f"1 actor x {c}, bytes read by Ray Data (read_binary_files)", 1, c, 2, True)]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         generate(load_spec(ROOT / "pipelines.toml"), folder / "repository")
@@ -208,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = [Run(f"`client score`, CLI, concurrency {c}"),
                         Run(f"`client score --ray`, CLI, new local cluster, 1 actor x {c}"),
                         Run(f"`Client.score`, in process, concurrency {c}")]
-                runs += [Run(f"RayJob, running cluster, {a} actor{'s' if a > 1 else ''} x {k}") for a, k in variants]
+                runs += [Run(f"RayJob, running cluster, {label}") for label, *_ in variants]
                 init_s: list[float] = []
                 with Client(url) as client:
                     list(client.score(images, concurrency=c, pipeline=args.pipeline))  # warm-up
@@ -223,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                         logging.getLogger("ray").setLevel(logging.WARNING)
                         sources = sorted(str(p) for p in images.iterdir())
                         try:
-                            for run, (actors, per_actor) in zip(runs[3:], variants, strict=True):
-                                job.actors = actors
+                            for run, (_, actors, per_actor, calls, as_bytes) in zip(runs[3:], variants, strict=True):
+                                job.actors, job.calls_per_actor = actors, calls
                                 settings = ScoringSettings(url, None, 60.0, None, 5, args.pipeline, per_actor)
-                                measure_stream(groups, run, partial(job.score, sources, settings), args.images)
+                                scoring = (partial(score_bytes_through_ray, job, images, settings, args.images)
+                                           if as_bytes else partial(job.score, sources, settings))
+                                measure_stream(groups, run, scoring, args.images)
                         finally:
                             job.close()
                         print(f"round {round_ + 1}: " + ", ".join(f"{r.rates[-1]:.0f}" for r in runs), flush=True)

@@ -29,6 +29,9 @@ MISSING_RAY = "--ray needs Ray Data: pip install './client[ray]' (ray[data] and 
 ACTOR_CPUS = 0.25
 # Rows per block handed to an actor: enough for its thread pool to stay busy between blocks.
 BATCHES_PER_THREAD = 4
+# Blocks one actor works on at once: with two, the next block's requests fill the thread pool while the last ones
+# of the block before are still out, instead of the pool draining at every block's end.
+CALLS_PER_ACTOR = 2
 
 
 def require_ray() -> Any:
@@ -170,6 +173,7 @@ class RayJob:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         self.actors = actors or self.default_actors()
+        self.calls_per_actor = CALLS_PER_ACTOR
 
     def default_actors(self) -> int:
         """One actor per alive node: each holds one client with its own connection pool and thread pool, so the
@@ -184,10 +188,16 @@ class RayJob:
         blocks = math.ceil(len(sources) / rows_per_block)
         dataset = self.ray.data.from_items([{"path": source} for source in sources], override_num_blocks=blocks)
         scored = dataset.map_batches(Scorer, fn_constructor_args=(settings,), batch_size=rows_per_block,
-                                     compute=self.ray.data.ActorPoolStrategy(size=self.actors), num_cpus=ACTOR_CPUS)
+                                     compute=self.pool(), num_cpus=ACTOR_CPUS)
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.column("row").to_pylist():
                 yield result_from_row(json.loads(row))
+
+    def pool(self) -> Any:
+        overlap = self.calls_per_actor > 1
+        return self.ray.data.ActorPoolStrategy(size=self.actors, max_concurrent_calls_per_actor=self.calls_per_actor,
+                                               max_tasks_in_flight_per_actor=self.calls_per_actor + 1,
+                                               enable_true_multi_threading=overlap)
 
     def close(self) -> None:
         self.ray.shutdown()

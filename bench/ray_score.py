@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,35 +63,70 @@ def descendants(root: int, tree: dict[int, list[int]]) -> set[int]:
     return found
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User + system CPU of these processes so far (not their children's: those are counted where they run)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+def cpu_of(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (its children count where they run)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-@dataclass
-class Groups:
-    """The processes whose CPU is charged separately: Triton's tree, the gateway, this process and its subprocess
-    clients (the scoring side), and every other descendant of this process (Ray's)."""
+GROUPS = ("triton", "gateway", "client", "ray")
 
-    triton: int
-    gateway: int
-    names: tuple[str, ...] = ("triton", "gateway", "client", "ray")
 
-    def sample(self, client_pids: Iterable[int] = ()) -> dict[str, float]:
+class CpuMeter:
+    """CPU seconds per group over a run: Triton's tree (with its Python stubs), the gateway, the scoring client
+    (this process and any CLI job it watches) and every other descendant of this process (Ray's raylet, GCS and
+    workers). Sampled per process every 0.1 s, so processes that exit during the run count up to their last
+    sample, and processes that live on count only what they spent during it."""
+
+    def __init__(self, triton: int, gateway: int) -> None:
+        self.roots = {"triton": triton, "gateway": gateway}
+        self.watched: set[int] = set()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pid: int) -> None:
+        self.watched.add(pid)
+
+    def sample(self) -> None:
         tree = _children()
-        triton = descendants(self.triton, tree)
-        gateway = descendants(self.gateway, tree)
-        clients = {os.getpid(), *client_pids}
-        ray = descendants(os.getpid(), tree) - triton - gateway - clients
-        return {"triton": cpu_seconds(triton), "gateway": cpu_seconds(gateway), "client": cpu_seconds(clients),
-                "ray": cpu_seconds(ray)}
+        triton = descendants(self.roots["triton"], tree)
+        gateway = descendants(self.roots["gateway"], tree)
+        clients = {os.getpid(), *self.watched}
+        ours = descendants(os.getpid(), tree)
+        for group, pids in (("triton", triton), ("gateway", gateway), ("client", clients),
+                            ("ray", ours - triton - gateway - clients)):
+            for pid in pids:
+                cpu = cpu_of(pid)
+                if cpu is not None:
+                    self.first.setdefault(pid, cpu if self._thread is None else 0.0)
+                    self.last[pid] = (group, cpu)
+
+    def __enter__(self) -> CpuMeter:
+        self.sample()  # the baseline of every process alive now
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.sample()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.sample()
+
+    def totals(self) -> dict[str, float]:
+        totals = dict.fromkeys(GROUPS, 0.0)
+        for pid, (group, cpu) in self.last.items():
+            totals[group] += cpu - self.first.get(pid, 0.0)
+        return totals
 
 
 @dataclass
@@ -107,45 +142,38 @@ class Run:
         return statistics.median(values) if values else float("nan")
 
 
-def measure_subprocess(groups: Groups, run: Run, command: list[str], images: int) -> None:
-    """One CLI job end to end; its own CPU (and its Ray cluster's) is read from /proc while it is alive."""
-    before = groups.sample()
-    started = time.perf_counter()
-    job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    last: dict[str, float] = {}
-    while job.poll() is None:  # the job's processes are gone once it exits: keep the last reading
-        last = groups.sample({job.pid})
-        time.sleep(0.2)
-    elapsed = time.perf_counter() - started
-    stderr = job.stderr.read() if job.stderr else ""
+def measure_subprocess(roots: tuple[int, int], run: Run, command: list[str], images: int) -> None:
+    """One CLI job end to end (interpreter start, service check, for --ray the cluster's start or join)."""
+    with CpuMeter(*roots) as meter:
+        started = time.perf_counter()
+        job = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        meter.watch(job.pid)
+        _, stderr = job.communicate()
+        elapsed = time.perf_counter() - started
     if job.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {job.returncode}: {stderr.strip()[-500:]}")
-    after = groups.sample()
     run.rates.append(images / elapsed)
-    run.cpu.append({"triton": after["triton"] - before["triton"], "gateway": after["gateway"] - before["gateway"],
-                    "client": last.get("client", 0.0) - before["client"], "ray": last.get("ray", 0.0)})
+    run.cpu.append(meter.totals())
 
 
-def measure_stream(groups: Groups, run: Run, results: Callable[[], Iterable[object]], images: int) -> None:
-    """A scoring iterator inside this process: rate overall, time to the first result, rate after it."""
-    before = groups.sample()
-    started = time.perf_counter()
-    first = None
-    count = failed = 0
-    for result in results():
-        count += 1
-        failed += 0 if result.ok else 1  # type: ignore[attr-defined]
-        if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
-    after = groups.sample()
-    if count != images:
-        raise RuntimeError(f"{run.what}: {count} results for {images} images")
+def measure_stream(roots: tuple[int, int], run: Run, results: Callable[[], Iterable[Any]], images: int) -> None:
+    """A scoring iterator inside this process: the overall rate, the time to the first result (start-up) and the
+    steady rate, between the 10th and the 90th percentile of arrivals (rows come a block at a time from Ray)."""
+    arrivals: list[float] = []
+    failed = 0
+    with CpuMeter(*roots) as meter:
+        started = time.perf_counter()
+        for result in results():
+            arrivals.append(time.perf_counter())
+            failed += 0 if result.ok else 1
+    if len(arrivals) != images:
+        raise RuntimeError(f"{run.what}: {len(arrivals)} results for {images} images")
+    low, high = images // 10, images * 9 // 10
     run.failed += failed
-    run.rates.append(images / (end - started))
-    run.startups.append((first or end) - started)
-    run.steady.append((images - 1) / max(end - (first or end), 1e-9))
-    run.cpu.append({name: after[name] - before[name] for name in groups.names})
+    run.rates.append(images / (arrivals[-1] - started))
+    run.startups.append(arrivals[0] - started)
+    run.steady.append((high - low) / max(arrivals[high] - arrivals[low], 1e-9))
+    run.cpu.append(meter.totals())
 
 
 class BytesScorer(Scorer):
@@ -177,30 +205,44 @@ def score_bytes_through_ray(job: RayJob, folder: Path, settings: ScoringSettings
             yield result_from_row(json.loads(row))
 
 
-def report(args: argparse.Namespace, runs: list[Run], init_s: list[float]) -> str:
-    reference = {"end to end": runs[0].median(runs[0].rates), "in process": runs[2].median(runs[2].rates)}
+def report(args: argparse.Namespace, end_to_end: list[Run], in_process: list[Run], init_s: list[float]) -> str:
     lines = [f"# Ray Data batch scoring vs the plain client, {datetime.date.today().isoformat()}", "",
              f"Machine: {machine()}. Pipeline `{args.pipeline}` of pipelines.toml (demo nets) on Triton + gateway "
-             f"over loopback, {args.images} copies of a 500x333 JPEG, {args.rounds} rounds alternating every "
-             "variant (medians shown); Ray 2.60 single-node, actors of 0.25 CPU. CPU columns: CPU seconds per 1000 "
-             "images, from /proc, of Triton (with its Python stubs), the gateway, the scoring client (the CLI, the "
-             "Ray driver, or this process) and Ray's own processes (raylet, GCS, actor workers).", "",
-             "| variant | images/s | vs plain | start-up s | steady images/s | Triton | gateway | client | Ray |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for index, run in enumerate(runs):
-        base = reference["end to end" if index < 2 else "in process"]
-        rate = run.median(run.rates)
-        cpu = {name: statistics.median(c[name] for c in run.cpu) * 1000 / args.images
-               for name in ("triton", "gateway", "client", "ray")}
-        startup = f"{run.median(run.startups):.2f}" if run.startups else ""
-        steady = f"{run.median(run.steady):.1f}" if run.steady else ""
-        lines.append(f"| {run.what} | {rate:.1f} | {rate / base:.2f}x | {startup} | {steady} | {cpu['triton']:.1f} "
-                     f"| {cpu['gateway']:.1f} | {cpu['client']:.1f} | {cpu['ray']:.1f} |")
-    lines += ["", f"`ray.init` of a new single-node cluster in this process: {statistics.median(init_s):.2f} s "
-              f"(median of {len(init_s)}). End-to-end rows include interpreter start, the service check, and for "
-              "`--ray` the cluster's start and stop; in-process rows start at the first request (Ray: at "
-              "`map_batches`, so the actor pool's start is in them and shown as start-up)."]
-    failed = sum(run.failed for run in runs)
+             f"over loopback, a folder of {args.images} copies of a 500x333 JPEG, {args.rounds} rounds, each running "
+             "every variant in turn (medians shown). Ray 2.60, single node, actors of 0.25 CPU. CPU columns: CPU "
+             "seconds per 1000 images, from /proc, of Triton (with its Python stubs), the gateway, the scoring client "
+             "(the CLI process, or this one: the Ray driver) and Ray's own processes (raylet, GCS, dashboard agent, "
+             "actor workers).", ""]
+    header = ["| variant | images/s | vs plain |{extra} Triton | gateway | client | Ray |",
+              "|---|---:|---:|{extra_rule}---:|---:|---:|---:|"]
+
+    def rows(runs: list[Run], timed: bool) -> list[str]:
+        base = runs[0].median(runs[0].rates)
+        out = [header[0].format(extra=" start-up s | steady images/s | steady vs plain |" if timed else ""),
+               header[1].format(extra_rule="---:|---:|---:|" if timed else "")]
+        base_steady = runs[0].median(runs[0].steady) if timed else 0.0
+        for run in runs:
+            rate = run.median(run.rates)
+            cpu = {name: statistics.median(c[name] for c in run.cpu) * 1000 / args.images for name in GROUPS}
+            extra = ""
+            if timed:
+                steady = run.median(run.steady)
+                extra = f" {run.median(run.startups):.2f} | {steady:.1f} | {steady / base_steady:.2f}x |"
+            out.append(f"| {run.what} | {rate:.1f} | {rate / base:.2f}x |{extra} {cpu['triton']:.1f} "
+                       f"| {cpu['gateway']:.1f} | {cpu['client']:.1f} | {cpu['ray']:.1f} |")
+        return out
+
+    lines += ["## End to end: the command a user runs", "",
+              "From starting `python -m client score` to its exit: interpreter start, the service check, writing "
+              "and sorting the CSV, and for `--ray` the start of a new local cluster (and its stop) or joining a "
+              "running one.", "", *rows(end_to_end, False), "",
+              "## Inside one process: where the time goes", "",
+              "From the call to the last result. Start-up: time to the first result (Ray: planning, starting the "
+              "actor workers, importing the client in them, the first block). Steady: images/s between the 10th and "
+              "the 90th percentile of arrivals.", "", *rows(in_process, True), "",
+              f"`ray.init` of a new single-node cluster in this process: {statistics.median(init_s):.2f} s "
+              f"(median of {len(init_s)})."]
+    failed = sum(run.failed for run in in_process)
     if failed:
         lines.append(f"\nFailed images: {failed}.")
     return "\n".join(lines) + "\n"
@@ -209,25 +251,29 @@ def report(args: argparse.Namespace, runs: list[Run], init_s: list[float]) -> st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="fast")
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight, plain and Ray alike")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ray.md")
     args = parser.parse_args(argv)
-
-    import ray
 
     from client import Client
     from server.pipeline_spec import load_spec
     from server.repository import generate
     from server.triton_launcher import TritonServer
 
-    image = photo_jpeg((500, 333))
     c = args.concurrency
     # (label, actors, requests in flight per actor, blocks at once per actor, bytes through the object store)
     variants = [(f"1 actor x {c}", 1, c, 2, False), (f"1 actor x {c}, one block at a time", 1, c, 1, False),
                 (f"2 actors x {max(1, c // 2)}", 2, max(1, c // 2), 2, False), (f"{c} actors x 1", c, 1, 2, False),
                 (f"1 actor x {c}, bytes read by Ray Data (read_binary_files)", 1, c, 2, True)]
+    end_to_end = [Run(f"`client score`, concurrency {c}"),
+                  Run(f"`client score --ray` (a new local cluster), 1 actor x {c}"),
+                  Run(f"`client score --ray --ray-address` (a running cluster), 1 actor x {c}")]
+    in_process = [Run(f"`Client.score`, concurrency {c}")]
+    in_process += [Run(f"RayJob, {label}") for label, *_ in variants]
+    init_s: list[float] = []
+    image = photo_jpeg((500, 333))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         generate(load_spec(ROOT / "pipelines.toml"), folder / "repository")
@@ -235,46 +281,46 @@ def main(argv: list[str] | None = None) -> int:
         images.mkdir()
         for index in range(args.images):
             (images / f"{index:05d}.jpg").write_bytes(image)
+        sources = sorted(str(p) for p in images.iterdir())
         with TritonServer(folder / "repository", free_port(), free_port(), free_port(),
                           log_path=folder / "triton.log") as triton:
             gateway, url = start_gateway(triton.http_url)
             try:
                 assert triton.process is not None
-                groups = Groups(triton.process.pid, gateway.pid)
+                roots = (triton.process.pid, gateway.pid)
                 cli = [sys.executable, "-m", "client", "--url", url, "score", str(images), "--pipeline",
                        args.pipeline, "--concurrency", str(c), "--overwrite", "--no-progress", "-o"]
-                runs = [Run(f"`client score`, CLI, concurrency {c}"),
-                        Run(f"`client score --ray`, CLI, new local cluster, 1 actor x {c}"),
-                        Run(f"`Client.score`, in process, concurrency {c}")]
-                runs += [Run(f"RayJob, running cluster, {label}") for label, *_ in variants]
-                init_s: list[float] = []
                 with Client(url) as client:
                     list(client.score(images, concurrency=c, pipeline=args.pipeline))  # warm-up
                     for round_ in range(args.rounds):
-                        measure_subprocess(groups, runs[0], [*cli, str(folder / "plain.csv")], args.images)
-                        measure_subprocess(groups, runs[1], [*cli, str(folder / "ray.csv"), "--ray"], args.images)
-                        measure_stream(groups, runs[2], lambda: client.score(images, concurrency=c,
-                                                                               pipeline=args.pipeline), args.images)
+                        measure_subprocess(roots, end_to_end[0], [*cli, str(folder / "plain.csv")], args.images)
+                        measure_subprocess(roots, end_to_end[1], [*cli, str(folder / "ray.csv"), "--ray"],
+                                           args.images)
+                        measure_stream(roots, in_process[0],
+                                       partial(client.score, images, concurrency=c, pipeline=args.pipeline),
+                                       args.images)
                         started = time.perf_counter()
                         job = RayJob()
                         init_s.append(time.perf_counter() - started)
-                        logging.getLogger("ray").setLevel(logging.WARNING)
-                        sources = sorted(str(p) for p in images.iterdir())
                         try:
-                            for run, (_, actors, per_actor, calls, as_bytes) in zip(runs[3:], variants, strict=True):
+                            for run, (_, actors, per_actor, calls, as_bytes) in zip(in_process[1:], variants,
+                                                                                    strict=True):
                                 job.actors, job.calls_per_actor = actors, calls
                                 settings = ScoringSettings(url, None, 60.0, None, 5, args.pipeline, per_actor)
                                 scoring = (partial(score_bytes_through_ray, job, images, settings, args.images)
                                            if as_bytes else partial(job.score, sources, settings))
-                                measure_stream(groups, run, scoring, args.images)
+                                measure_stream(roots, run, scoring, args.images)
+                            address = job.ray.get_runtime_context().gcs_address
+                            measure_subprocess(roots, end_to_end[2], [*cli, str(folder / "ray.csv"), "--ray",
+                                                                      "--ray-address", address], args.images)
                         finally:
                             job.close()
-                        print(f"round {round_ + 1}: " + ", ".join(f"{r.rates[-1]:.0f}" for r in runs), flush=True)
-                assert not ray.is_initialized()
+                        print(f"round {round_ + 1}: " + ", ".join(f"{r.what}: {r.rates[-1]:.0f}"
+                                                                  for r in end_to_end + in_process), flush=True)
             finally:
                 gateway.terminate()
                 gateway.wait(30)
-    publish(report(args, runs, init_s), args.out)
+    publish(report(args, end_to_end, in_process, init_s), args.out)
     return 0
 
 

@@ -169,6 +169,7 @@ class RayJob:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConnectionError(f"cannot use the Ray cluster at {address or 'a new local cluster'}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-dataset INFO lines would bury the summary
         context = self.ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False

@@ -112,8 +112,11 @@ class Scorer:
         self.filesystems: dict[str, Any] = {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        results = self.pool.map(self.score_one, list(batch["path"]))
-        return {"row": [json.dumps(result_row(result), sort_keys=True) for result in results]}
+        rows = self.pool.map(self.row, list(batch["path"]))
+        return {"row": [json.dumps(row, sort_keys=True) for row in rows]}
+
+    def row(self, source: str) -> dict[str, Any]:
+        return result_row(self.score_one(source))
 
     def score_one(self, source: str) -> ScoreResult:
         try:
@@ -164,7 +167,7 @@ class RayJob:
         import logging
 
         try:
-            self.ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+            self.ray.init(address=address or "local", logging_level=logging.ERROR, log_to_driver=False,
                           include_dashboard=False, configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConnectionError(f"cannot use the Ray cluster at {address or 'a new local cluster'}: "
@@ -183,16 +186,21 @@ class RayJob:
 
     def score(self, sources: Sequence[str], settings: ScoringSettings) -> Iterator[ScoreResult]:
         """Results as the actors finish their blocks, in no particular order."""
+        return (result_from_row(row) for row in self.rows(sources, settings))
+
+    def rows(self, sources: Sequence[str], settings: ScoringSettings,
+             scorer: type[Scorer] = Scorer) -> Iterator[dict[str, Any]]:
+        """The actors' rows (``result_row``'s records), as the blocks come back."""
         if not sources:
             return
         rows_per_block = max(1, settings.concurrency * BATCHES_PER_THREAD)
         blocks = math.ceil(len(sources) / rows_per_block)
         dataset = self.ray.data.from_items([{"path": source} for source in sources], override_num_blocks=blocks)
-        scored = dataset.map_batches(Scorer, fn_constructor_args=(settings,), batch_size=rows_per_block,
+        scored = dataset.map_batches(scorer, fn_constructor_args=(settings,), batch_size=rows_per_block,
                                      compute=self.pool(), num_cpus=ACTOR_CPUS)
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.column("row").to_pylist():
-                yield result_from_row(json.loads(row))
+                yield json.loads(row)
 
     def pool(self) -> Any:
         overlap = self.calls_per_actor > 1

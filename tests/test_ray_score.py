@@ -27,6 +27,8 @@ from client.ray_score import MISSING_RAY  # noqa: E402
 
 pytest_plugins = ("gateway_support",)
 PIPELINE = "multiscale"
+# Ray prints this for every actor pool (ray-project/ray issue 57733: Ray Data's own actor arguments, not ours).
+RAY_NOISE = "has constructor arguments in the object store and max_restarts > 0"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,9 @@ def test_ray_on_a_new_local_cluster_writes_what_the_plain_client_writes(gateway,
     out = tmp_path / "ray.csv"
     done = run_cli("--url", gateway.url, "score", str(photos), "-o", str(out), "--pipeline", PIPELINE, "--ray")
     assert done.returncode == 1, done.stderr
-    assert "done: 23 of 23 files" in done.stderr and "invalid_image: 1" in done.stderr, done.stderr
+    said = [line for line in done.stderr.splitlines() if RAY_NOISE not in line]
+    assert len(said) == 1 and said[0].startswith("done: 23 of 23 files"), done.stderr  # the summary, no Ray chatter
+    assert "invalid_image: 1" in said[0], done.stderr
     rows = read_rows(out)
     assert_same_rows(rows, read_rows(plain_csv))
     broken = [r for r in rows if r["status"] == "error"]

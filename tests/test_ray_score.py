@@ -142,6 +142,9 @@ def test_parquet_from_a_file_uri_on_a_running_cluster(ray_address, gateway, phot
                     "--ray", "--ray-address", ray_address)
     assert again.returncode == 0 and "0 of 0 files" in again.stderr, again.stderr  # all done: nothing rescored
     assert "skipped 23 already" in again.stderr, again.stderr  # a 422 is final too: broken.jpg is not redone
+    plain = tmp_path / "plain.parquet"  # Parquet is an output format of the plain client too
+    assert run_cli("--url", gateway.url, "score", str(photos), "-o", str(plain), "--pipeline", PIPELINE).returncode == 1
+    assert_same_rows(read_rows(plain), read_rows(plain_csv))
 
 
 def test_a_killed_driver_resumes_to_the_same_result(ray_address, gateway, photos, tmp_path):

@@ -78,7 +78,7 @@ GROUPS = ("triton", "gateway", "client", "ray")
 class CpuMeter:
     """CPU seconds per group over a run: Triton's tree (with its Python stubs), the gateway, the scoring client
     (this process and any CLI job it watches) and every other descendant of this process (Ray's raylet, GCS and
-    workers). Sampled per process every 0.1 s, so processes that exit during the run count up to their last
+    workers). Sampled per process every 0.5 s, so processes that exit during the run count up to their last
     sample, and processes that live on count only what they spent during it."""
 
     def __init__(self, triton: int, gateway: int) -> None:
@@ -113,7 +113,7 @@ class CpuMeter:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.5):  # each sample reads /proc for every process: not free
             self.sample()
 
     def __exit__(self, *exc_info: object) -> None:

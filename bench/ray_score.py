@@ -39,6 +39,7 @@ from client.results import ScoreResult
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_S = 10
 
 
 def _children() -> dict[int, list[int]]:
@@ -225,7 +226,7 @@ def plain_rows(client: Any, folder: Path, concurrency: int, pipeline: str) -> It
 
 
 def report(args: argparse.Namespace, end_to_end: list[Run], in_process: list[Run], init_s: list[float],
-           first_job_s: list[float]) -> str:
+           first_job_s: list[float], idle: list[dict[str, float]]) -> str:
     lines = [f"# Ray Data batch scoring vs the plain client, {datetime.date.today().isoformat()}", "",
              f"Machine: {machine()}. Pipeline `{args.pipeline}` of pipelines.toml (demo nets) on Triton + gateway "
              f"over loopback, a folder of {args.images} copies of a 500x333 JPEG, {args.rounds} rounds, each running "
@@ -263,7 +264,11 @@ def report(args: argparse.Namespace, end_to_end: list[Run], in_process: list[Run
               "gets rows a block at a time and in bursts).", "", *rows(in_process, True), "",
               f"Before these rows, in the same process: `ray.init` of a new single-node cluster took "
               f"{statistics.median(init_s):.2f} s, and the cluster's first job ({4 * args.concurrency} images, not in "
-              f"the table) {statistics.median(first_job_s):.2f} s (medians of {len(init_s)})."]
+              f"the table) {statistics.median(first_job_s):.2f} s (medians of {len(init_s)}). The cluster idle, "
+              f"scoring nothing, for {IDLE_S} s: Ray's processes used "
+              f"{100 * statistics.median(i['ray'] for i in idle) / IDLE_S:.1f}% of one core, this process (the "
+              f"driver, and the CPU meter's own sampling) "
+              f"{100 * statistics.median(i['client'] for i in idle) / IDLE_S:.1f}%."]
     failed = sum(run.failed for run in in_process)
     if failed:
         lines.append(f"\nFailed images: {failed}.")
@@ -296,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     in_process += [Run(f"RayJob, {label}") for label, *_ in variants]
     init_s: list[float] = []
     first_job_s: list[float] = []
+    idle: list[dict[str, float]] = []
     image = photo_jpeg((500, 333))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -336,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                                 scoring = (partial(bytes_through_ray, job, images, settings, args.images)
                                            if as_bytes else partial(job.rows, sources, settings, TimedScorer))
                                 measure_stream(roots, run, scoring, args.images)
+                            with CpuMeter(*roots) as meter:  # the cluster alone, scoring nothing
+                                time.sleep(IDLE_S)
+                            idle.append(meter.totals())
                             address = job.ray.get_runtime_context().gcs_address
                             measure_subprocess(roots, end_to_end[2], [*cli, str(folder / "ray.csv"), "--ray",
                                                                       "--ray-address", address], args.images)
@@ -346,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 gateway.terminate()
                 gateway.wait(30)
-    publish(report(args, end_to_end, in_process, init_s, first_job_s), args.out)
+    publish(report(args, end_to_end, in_process, init_s, first_job_s, idle), args.out)
     return 0
 
 

@@ -11,6 +11,7 @@ imported only here, and only when a job asks for them (``pip install './client[r
 from __future__ import annotations
 
 import json
+import logging
 import math
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -164,8 +165,6 @@ class RayJob:
             raise ValueError(f"--ray-actors must be at least 1, got {actors}")
         if address and address != "auto":
             check_reachable(address)
-        import logging
-
         try:
             self.ray.init(address=address or "local", logging_level=logging.ERROR, log_to_driver=False,
                           include_dashboard=False, configure_logging=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from client.errors import ClientError
 from client.images import IMAGE_SUFFIXES
 from client.inputs import check_options, iter_paths
-from client.output import ResultFile
+from client.output import open_result_file
 from client.progress import Progress
 from client.sync_client import DEFAULT_URL, Client
 
@@ -37,14 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="classify many images into a CSV or JSONL file (resumable)")
     score.add_argument("inputs", nargs="+", help="directories, globs, .txt lists of paths, or image paths")
-    score.add_argument("-o", "--output", required=True, help="result file, .csv or .jsonl")
+    score.add_argument("-o", "--output", required=True, help="result file: .csv, .jsonl or .parquet (needs pyarrow)")
     score.add_argument("--pipeline", help="pipeline name (default: the server's default)")
     score.add_argument("--top-k", type=int, default=5)
-    score.add_argument("--concurrency", type=int, default=8)
+    score.add_argument("--concurrency", type=int, default=8, help="requests in flight (with --ray: per actor)")
     score.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     score.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="force the progress bar (default: only on a terminal)")
     score.add_argument("--no-progress", dest="progress", action="store_false")
+    score.add_argument("--ray", action="store_true",
+                       help="score on Ray Data: an actor pool, one client per actor (pip install './client[ray]')")
+    score.add_argument("--ray-address", help="a running Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                       "default: start a single-node one here")
+    score.add_argument("--ray-actors", type=int, help="actors in the pool (default: one per alive node)")
 
     classify = commands.add_parser("classify", help="classify one image and print JSON")
     classify.add_argument("image")
@@ -115,15 +120,26 @@ def check_service(client: Client, pipeline: str | None) -> None:
 
 def score(client: Client, args: argparse.Namespace) -> int:
     """Run a resumable scoring job; every finished file is on disk before the next one is reported."""
+    ray_job = None
     try:
         check_options(args.top_k, args.concurrency)
-        output = ResultFile(args.output)
-        paths = check_inputs(args.inputs)
+        output = open_result_file(args.output)
+        if args.ray:
+            from client import ray_score
+
+            ray_score.require_ray()
+            paths = ray_score.list_sources(args.inputs, check_inputs)
+        else:
+            paths = check_inputs(args.inputs)
         check_service(client, args.pipeline)
-        if args.overwrite and output.path.exists():
-            output.path.unlink()
+        if args.ray:
+            ray_job = ray_score.RayJob(args.ray_address, args.ray_actors)
+        if args.overwrite:
+            output.discard()
         done = output.resume()
-    except (UsageError, ValueError, OSError) as exc:
+    except (UsageError, ValueError, OSError, ImportError) as exc:
+        if ray_job is not None:
+            ray_job.close()
         print(f"client: {exc}", file=sys.stderr)
         return EXIT_USAGE
     todo = [path for path in paths if path not in done]
@@ -133,10 +149,15 @@ def score(client: Client, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     interrupted = lost = False
-    give_up_after = max(MIN_FAILED_IN_A_ROW, 2 * args.concurrency)
+    in_flight = args.concurrency * (ray_job.actors if ray_job else 1)
+    give_up_after = max(MIN_FAILED_IN_A_ROW, 2 * in_flight)
     failed_in_a_row = 0
+    if ray_job is not None:
+        results = ray_job.score(todo, ray_score.settings_for(client, args))
+    else:
+        results = client.score(todo, concurrency=args.concurrency, top_k=args.top_k, pipeline=args.pipeline)
     try:
-        for result in client.score(todo, concurrency=args.concurrency, top_k=args.top_k, pipeline=args.pipeline):
+        for result in results:
             output.append(result)
             outcomes["ok" if result.ok else result.error.code] += 1
             progress.update(result.ok)
@@ -150,6 +171,8 @@ def score(client: Client, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
         output.close()
+        if ray_job is not None:
+            ray_job.close()
     if not (interrupted or lost):
         output.finalize()
     elapsed = time.monotonic() - started

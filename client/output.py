@@ -48,6 +48,15 @@ def is_final(row: dict[str, Any]) -> bool:
     return (400 <= status < 500 and status != 429) or row.get("error_code") == "read_error"
 
 
+def open_result_file(path: str | Path) -> ResultFile:
+    """A ResultFile, or for ``.parquet`` a ParquetResultFile (same methods; needs pyarrow)."""
+    if Path(path).suffix.lower() == ".parquet":
+        from client.parquet_output import ParquetResultFile
+
+        return ParquetResultFile(path)  # type: ignore[return-value]
+    return ResultFile(path)
+
+
 class ResultFile:
     """An append-only CSV or JSONL result file with resume support."""
 
@@ -55,7 +64,7 @@ class ResultFile:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"output must end in .csv or .jsonl, got {self.path.name!r}")
+            raise ValueError(f"output must end in .csv, .jsonl or .parquet, got {self.path.name!r}")
         self.format = suffix[1:]
         self._handle: io.TextIOWrapper | None = None
 
@@ -70,6 +79,10 @@ class ResultFile:
         if len(kept) != len(rows):
             self._write_all(kept)
         return {row["path"] for row in kept}
+
+    def discard(self) -> None:
+        """Start over (``--overwrite``)."""
+        self.path.unlink(missing_ok=True)
 
     def read_rows(self) -> list[dict[str, Any]]:
         text = self.path.read_text(encoding="utf-8")

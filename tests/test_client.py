@@ -328,7 +328,7 @@ def test_score_cli_refuses_what_it_cannot_do_before_scoring_anything(gateway, ph
         assert err.startswith(f"client: {message}") and err.count("\n") == 1, err
     assert not out.exists()
     outputs = {
-        str(tmp_path / "out.txt"): "output must end in .csv or .jsonl, got 'out.txt'",
+        str(tmp_path / "out.txt"): "output must end in .csv, .jsonl or .parquet, got 'out.txt'",
         str(tmp_path / "missing" / "out.csv"): f"cannot write {tmp_path / 'missing' / 'out.csv'}: No such file",
     }
     for output, message in outputs.items():
@@ -374,8 +374,11 @@ def test_client_package_installs_alone_without_heavy_dependencies(tmp_path):
     requires = [line.split(":", 1)[1].strip() for line in metadata.read_text().splitlines()
                 if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert sorted(r.split(">")[0] for r in requires) == ["httpx", "numpy", "pillow"]
+    extras = [line for line in metadata.read_text().splitlines() if "extra ==" in line]
+    assert any(line.startswith("Requires-Dist: ray[data]") and 'extra == "ray"' in line for line in extras), extras
     probe = ("import sys; import client; from client import Client, AsyncClient; import client.cli; "
-             "heavy = {'torch', 'fastapi', 'tritonclient', 'onnxruntime', 'server'} & set(sys.modules); "
+             "heavy = {'torch', 'fastapi', 'tritonclient', 'onnxruntime', 'server', 'ray', 'pyarrow'}; "
+             "heavy &= set(sys.modules); "
              "assert client.__file__.startswith(sys.argv[1]), client.__file__; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", probe, str(target)], check=True, cwd=tmp_path, timeout=60,
                    env={**os.environ, "PYTHONPATH": str(target)})

@@ -161,7 +161,7 @@ def classification(result: Any, info: PipelineInfo, started: float) -> Classific
         stages = tuple(item.decode() for item in result.as_numpy("stages").reshape(-1))
         stage = result.as_numpy("stage").reshape(-1)[0].decode()
     return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
-                          round((time.perf_counter() - started) * 1000, 3), stage, stages)
+                          timing_ms=round((time.perf_counter() - started) * 1000, 3), stage=stage, stages=stages)
 
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import replace
@@ -18,18 +17,28 @@ from typing import Any
 
 import numpy as np
 
+from client.contract import (
+    CASCADE_KIND,
+    CASCADE_OUTPUTS,
+    GRPC_KEY_HEADER,
+    IMAGE_ERRORS,
+    INPUT,
+    KEY_ENV,
+    KEY_FILE_ENV,
+    KIND_PARAMETER,
+    PROBS,
+    RESTRICTED,
+    SPEC_PARAMETER,
+    UNHEALTHY_STEP,
+    find_image_error,
+    parse_class,
+)
+from client.contract import default_pipeline as contract_default
 from client.errors import CONNECTION_ERROR, ClientError
 from client.results import Classification, PipelineInfo, Prediction
 
-SPEC_PARAMETER = "pipeline.spec"
-_IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
-IMAGE_ERROR_CODES = frozenset(_IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
-_IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
+IMAGE_ERROR_CODES = frozenset(IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
 SCHEMES = ("grpc://", "triton://")
-# Triton's access key, as the launcher enforces it (server/triton_access.py): a header, from these variables.
-KEY_HEADER, KEY_ENV, KEY_FILE_ENV = "vgg-triton-key", "VGG_TRITON_KEY", "VGG_TRITON_KEY_FILE"
-GRPC_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER  # Triton's gRPC frontend looks for the key under this name
-UNHEALTHY_STUB = "is not healthy"  # Triton's "Stub process '<instance>' is not healthy."
 PIPELINES_MAX_AGE_S = 15.0  # as the gateway's --catalog-refresh-s
 
 
@@ -74,15 +83,15 @@ def map_error(exc: Exception) -> ClientError:
     message = exc.message() if hasattr(exc, "message") else str(exc)
     status = exc.status() if hasattr(exc, "status") else ""
     message = message or ""
-    found = _IMAGE_CODE.search(message)
+    found = find_image_error(message)
     if found:
-        return ClientError(_IMAGE_ERRORS[found.group(1)], found.group(1), found.group(2).strip())
-    if "is restricted" in message:
+        return ClientError(found.status, found.code, found.message)
+    if RESTRICTED in message:
         return ClientError(401, "unauthorized", f"Triton refused the call without its access key: {message.strip()} "
                                                 f"(set ${KEY_ENV} or ${KEY_FILE_ENV}, or pass triton_key)")
     if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
         return ClientError(0, CONNECTION_ERROR, message or "Triton unreachable")
-    if UNHEALTHY_STUB in message:  # the request never ran; the step is being restarted: retryable, as via the gateway
+    if UNHEALTHY_STEP in message:  # the request never ran; the step is being restarted: retryable, as via the gateway
         return ClientError(503, "triton_unavailable", message.strip(), retry_after=0.2)
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return ClientError(504, "triton_timeout", "Triton did not answer in time")
@@ -94,12 +103,8 @@ def map_error(exc: Exception) -> ClientError:
 
 
 def parse_classes(raw: np.ndarray) -> tuple[Prediction, ...]:
-    out = []
-    for item in raw.reshape(-1):
-        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-        score, index, label = [*text.split(":", 2), "", ""][:3]
-        out.append(Prediction(label=label, index=int(index), score=float(score)))
-    return tuple(out)
+    return tuple(Prediction(label=found.label, index=found.index, score=found.score)
+                 for found in map(parse_class, raw.reshape(-1)))
 
 
 def parse_pipelines(index: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, PipelineInfo]:
@@ -112,11 +117,11 @@ def parse_pipelines(index: dict[str, Any], configs: list[dict[str, Any]]) -> dic
         config = response.get("config", response)
         parameters = config.get("parameters", {})
         raw = parameters.get(SPEC_PARAMETER, {}).get("string_value")
-        cascade = parameters.get("pipeline.kind", {}).get("string_value") == "cascade"  # its own entry, no ensemble
+        cascade = parameters.get(KIND_PARAMETER, {}).get("string_value") == CASCADE_KIND  # its own entry
         if not raw or (config.get("platform") != "ensemble" and not cascade):
             continue
         spec = json.loads(raw)
-        dims = [int(d) for out in config.get("output", []) if out.get("name") == "probs" for d in out.get("dims", [])]
+        dims = [int(d) for out in config.get("output", []) if out.get("name") == PROBS for d in out.get("dims", [])]
         members = tuple(spec.get("members", []))
         versions = {m: max(ready[m], key=lambda v: int(v) if v.isdigit() else -1) for m in members if ready.get(m)}
         found[config["name"]] = PipelineInfo(
@@ -125,7 +130,7 @@ def parse_pipelines(index: dict[str, Any], configs: list[dict[str, Any]]) -> dic
             num_classes=dims[-1] if dims else 0, versions=versions,
             weights=tuple(spec["weights"]) if spec.get("weights") else None,
             description=spec.get("description", ""))
-    default = "fast" if "fast" in found else (min(found) if found else None)
+    default = contract_default(found)
     return {name: _with_default(info, name == default) for name, info in found.items()}
 
 
@@ -141,12 +146,11 @@ def default_pipeline(pipelines: dict[str, PipelineInfo]) -> str:
 
 
 def request_parts(module: Any, data: bytes, top_k: int) -> tuple[Any, Any]:
-    tensor = module.InferInput("image", [1], "BYTES")
+    tensor = module.InferInput(INPUT, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
-    return tensor, module.InferRequestedOutput("probs", class_count=top_k)
+    return tensor, module.InferRequestedOutput(PROBS, class_count=top_k)
 
 
-CASCADE_OUTPUTS = ("stage", "stages")
 
 
 def requested_outputs(module: Any, info: PipelineInfo, output: Any) -> list[Any]:
@@ -160,7 +164,7 @@ def classification(result: Any, info: PipelineInfo, started: float) -> Classific
     if info.mode == "cascade":
         stages = tuple(item.decode() for item in result.as_numpy("stages").reshape(-1))
         stage = result.as_numpy("stage").reshape(-1)[0].decode()
-    return Classification(parse_classes(result.as_numpy("probs")), info.name, dict(info.versions),
+    return Classification(parse_classes(result.as_numpy(PROBS)), info.name, dict(info.versions),
                           timing_ms=round((time.perf_counter() - started) * 1000, 3), stage=stage, stages=stages)
 
 

@@ -8,6 +8,7 @@ because the client must install alone (``pip install ./client``) and still speak
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 # Tensors of every pipeline: one encoded image in, the fused posteriors out (top-k through Triton's classification
@@ -71,3 +72,13 @@ def parse_class(item: bytes | str) -> ClassScore:
     text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
     score, index, label = [*text.split(":", 2), "", ""][:3]
     return ClassScore(float(score), int(index), label)
+
+
+def default_pipeline(served: Iterable[str], configured: str | None = None) -> str | None:
+    """The pipeline a request without one gets: the configured one, else `fast` if served, else the first by name."""
+    names = set(served)
+    if configured:
+        return configured
+    if DEFAULT_PIPELINE in names:
+        return DEFAULT_PIPELINE
+    return min(names) if names else None

@@ -18,10 +18,11 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from client.contract import INPUT, PROBS, SCORES
 from vgg.nets import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, VGG
 
 OPSET = 17  # served by onnxruntime >= 1.13, i.e. every Triton release since 22.12
-INPUT_NAME, PROBS_NAME, SCORES_NAME = "image", "probs", "scores"
+INPUT_NAME, PROBS_NAME, SCORES_NAME = INPUT, PROBS, SCORES  # what the pipelines and their callers expect
 
 
 @dataclass(frozen=True)

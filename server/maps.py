@@ -12,6 +12,7 @@ import json
 import re
 from typing import TYPE_CHECKING
 
+from client.contract import SPEC_PARAMETER
 from server.pipeline_spec import Pipeline
 
 if TYPE_CHECKING:  # the gateway reads the constants below without loading tritonclient's gRPC stack
@@ -51,7 +52,7 @@ def maps_ensemble_config(ensemble: mc.ModelConfig, pipeline: Pipeline,
         views.append({"tensor": name, "member": member, "index": int(match.group(1)), "scale": int(match.group(2)),
                       "window": windows[member]})
     geometry = {"model": config.name, "stride": NET_STRIDE, "weights": pipeline.member_weights(), "views": views}
-    del config.parameters["pipeline.spec"]
+    del config.parameters[SPEC_PARAMETER]
     config.parameters[MAPS_OF].string_value = pipeline.name
     config.parameters[MAPS_GEOMETRY].string_value = json.dumps(geometry, sort_keys=True)
     return config

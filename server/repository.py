@@ -23,6 +23,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, PROBS, SPEC_PARAMETER
 from server.cascade_spec import Cascade, with_resolved_stages
 from server.maps import maps_ensemble_config
 from server.pipeline_spec import Pipeline, Spec, SpecError, load_spec
@@ -50,7 +51,7 @@ def read_member(repository: Path, name: str) -> Member:
     if not path.exists():
         raise SpecError(f"model {name!r} is not in {repository} and the spec names no checkpoint to export it from")
     config = text_format.Parse(path.read_text(), mc.ModelConfig())
-    probs = next((o for o in config.output if o.name == "probs"), None)
+    probs = next((o for o in config.output if o.name == PROBS), None)
     if probs is None:
         raise SpecError(f"model {name!r} has no 'probs' output; export it with export/to_onnx.py")
     min_size = config.parameters["vgg.min_input_size"].string_value if "vgg.min_input_size" in config.parameters \
@@ -118,12 +119,12 @@ def resolve(pipeline: Pipeline, members: list[Member]) -> Pipeline:
 
 def preprocess_config(name: str, pipeline: Pipeline, limits: ImageLimits) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
     for view in pipeline.views():
         side = [-1, -1] if view.kind == "dense" else [pipeline.crop_size, pipeline.crop_size]
         config.output.add(name=view.tensor, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=pipeline.preprocess_instances)
-    _set_parameters(config, {"pipeline.spec": pipeline.to_json(),
+    _set_parameters(config, {SPEC_PARAMETER: pipeline.to_json(),
                              "image.limits": json.dumps(dataclasses.asdict(limits))})
     return config
 
@@ -133,52 +134,52 @@ def fuse_config(name: str, pipeline: Pipeline, num_classes: int, has_labels: boo
     for index in range(len(pipeline.members)):
         for view in pipeline.views():
             config.input.add(name=f"m{index}_{view.tensor}", data_type=mc.TYPE_FP32, dims=[-1, num_classes])
-    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
     if has_labels:
         output.label_filename = "labels.txt"
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    _set_parameters(config, {"pipeline.spec": pipeline.to_json()})
+    _set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
     return config
 
 
 def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
     """image (one encoded image) -> preprocess -> every member on every view -> fuse -> probs [classes]."""
     config = mc.ModelConfig(name=pipeline.name, platform="ensemble", max_batch_size=0)
-    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
-    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
     if has_labels:
         output.label_filename = "labels.txt"
     steps = config.ensemble_scheduling.step
     preprocess = steps.add(model_name=f"{pipeline.name}_preprocess", model_version=-1)
-    preprocess.input_map["image"] = "image"
+    preprocess.input_map[INPUT] = INPUT
     posteriors = []
     for view in pipeline.views():
         preprocess.output_map[view.tensor] = view.tensor
     for index, member in enumerate(pipeline.members):
         for view in pipeline.views():
             step = steps.add(model_name=member, model_version=-1)
-            step.input_map["image"] = view.tensor
-            step.output_map["probs"] = f"m{index}_{view.tensor}"
+            step.input_map[INPUT] = view.tensor
+            step.output_map[PROBS] = f"m{index}_{view.tensor}"
             posteriors.append(f"m{index}_{view.tensor}")
     fuse = steps.add(model_name=f"{pipeline.name}_fuse", model_version=-1)
     for name in posteriors:
         fuse.input_map[name] = name
-    fuse.output_map["probs"] = "probs"
-    _set_parameters(config, {"pipeline.spec": pipeline.to_json()})
+    fuse.output_map[PROBS] = PROBS
+    _set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
     return config
 
 
 def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits: ImageLimits) -> mc.ModelConfig:
     """image -> the cascade's Python model (server/triton_models/cascade.py), which calls the stages' members."""
     config = mc.ModelConfig(name=cascade.name, backend="python", max_batch_size=0)
-    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
-    output = config.output.add(name="probs", data_type=mc.TYPE_FP32, dims=[num_classes])
+    config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
     if has_labels:
         output.label_filename = "labels.txt"
     config.output.add(name="stage", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="stages", data_type=mc.TYPE_STRING, dims=[-1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cascade.instances)
-    _set_parameters(config, {"pipeline.spec": cascade.to_json(), "pipeline.kind": "cascade",
+    _set_parameters(config, {SPEC_PARAMETER: cascade.to_json(), KIND_PARAMETER: CASCADE_KIND,
                              "image.limits": json.dumps(dataclasses.asdict(limits))})
     return config
 
@@ -260,9 +261,9 @@ def deploy_member(config: mc.ModelConfig, target: str, usage: MemberUsage) -> mc
     shapes = sorted({(b, q, q * 4 // 3) for b, q in usage.dense} | {(b, c, c) for b, c in usage.crops})
     for batch, height, width in shapes:
         warmup = out.model_warmup.add(name=f"warmup_{batch}x{height}x{width}", batch_size=batch)
-        warmup.inputs["image"].data_type = mc.TYPE_FP32
-        warmup.inputs["image"].dims.extend([3, height, width])
-        warmup.inputs["image"].random_data = True
+        warmup.inputs[INPUT].data_type = mc.TYPE_FP32
+        warmup.inputs[INPUT].dims.extend([3, height, width])
+        warmup.inputs[INPUT].random_data = True
     return out
 
 

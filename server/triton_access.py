@@ -15,9 +15,8 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-KEY_HEADER = "vgg-triton-key"  # gRPC metadata keys must be lower case
-KEY_ENV = "VGG_TRITON_KEY"
-KEY_FILE_ENV = "VGG_TRITON_KEY_FILE"
+from client.contract import KEY_ENV, KEY_FILE_ENV, KEY_HEADER
+
 LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 RESTRICTED_APIS = ("metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
                    "trace", "logging")

@@ -11,12 +11,12 @@ PROJECT = {"vgg", "export", "train", "server", "client", "bench", "deploy"}
 
 # layer -> what its modules may import from the project (a name allows it and everything below it)
 ALLOWED = {
-    "client": {"client"},  # installable alone (pip install ./client): the project's bottom
-    "vgg": {"vgg"},
-    "export": {"export", "vgg"},
-    "train": {"train", "export", "vgg"},
-    "server": {"server", "vgg"},
-    "server.gateway": {"server.gateway", "server.triton_access", "server.maps", "vgg.imaging"},
+    "client": {"client"},  # installable alone (pip install ./client); its contract module is the project's bottom
+    "vgg": {"vgg", "client.contract"},
+    "export": {"export", "vgg", "client.contract"},
+    "train": {"train", "export", "vgg", "client.contract"},
+    "server": {"server", "vgg", "client.contract"},
+    "server.gateway": {"server.gateway", "server.triton_access", "server.maps", "vgg.imaging", "client.contract"},
     "deploy": {"deploy"},
 }
 

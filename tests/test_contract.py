@@ -25,4 +25,11 @@ def test_class_strings_keep_colons_in_labels():
 
 def test_the_grpc_key_name_is_the_one_triton_reads():
     assert contract.GRPC_KEY_HEADER == "triton-grpc-protocol-vgg-triton-key"
-    assert contract.KEY_HEADER == contract.KEY_HEADER.lower()
+    assert contract.KEY_HEADER.lower() == contract.KEY_HEADER
+
+
+def test_the_default_pipeline_rule():
+    assert contract.default_pipeline(["fusion", "fast"]) == "fast"
+    assert contract.default_pipeline(["fusion", "multiscale"]) == "fusion"
+    assert contract.default_pipeline(["fast"], configured="fusion") == "fusion"
+    assert contract.default_pipeline([]) is None

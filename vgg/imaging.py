@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from client.contract import image_error
+
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes multi-picture (MPO) phone photos
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 Image.MAX_IMAGE_PIXELS = None  # the pixel limit below replaces PIL's warning-only check
@@ -33,31 +35,32 @@ class ImageLimits:
 def decode_rgb(data: bytes, limits: ImageLimits) -> Image.Image:
     """Bytes -> upright 8-bit RGB image, or ImageRejected."""
     if not data:
-        raise ImageRejected("[invalid_image] empty image data")
+        raise ImageRejected(image_error("invalid_image", "empty image data"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected(f"[invalid_image] not a supported image ({', '.join(FORMATS)})") from None
+        raise ImageRejected(image_error("invalid_image", f"not a supported image ({', '.join(FORMATS)})")) from None
     except (OSError, ValueError) as exc:
-        raise ImageRejected(f"[invalid_image] unreadable image header: {exc}") from None
+        raise ImageRejected(image_error("invalid_image", f"unreadable image header: {exc}")) from None
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise ImageRejected(
-            f"[image_too_large] {width}x{height} is {width * height:,} pixels; the limit is {limits.max_pixels:,}")
+        raise ImageRejected(image_error("image_too_large", f"{width}x{height} is {width * height:,} pixels; the limit "
+                                        f"is {limits.max_pixels:,}"))
     if min(width, height) < limits.min_side:
-        raise ImageRejected(f"[image_too_small] {width}x{height}: the smaller side must be at least {limits.min_side}")
+        raise ImageRejected(image_error("image_too_small", f"{width}x{height}: the smaller side must be at least "
+                                        f"{limits.min_side}"))
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
-        raise ImageRejected(f"[invalid_image] aspect ratio of {width}x{height} exceeds "
-                            f"{limits.max_aspect_ratio:g}:1")
+        raise ImageRejected(image_error("invalid_image", f"aspect ratio of {width}x{height} exceeds "
+                                        f"{limits.max_aspect_ratio:g}:1"))
     try:
         image.seek(0)  # GIF/TIFF: the first frame
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # in place: a copy of a 12 MP photo costs milliseconds
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageRejected(f"[invalid_image] corrupt or truncated {image.format} data: {exc}") from None
+        raise ImageRejected(image_error("invalid_image", f"corrupt or truncated {image.format} data: {exc}")) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

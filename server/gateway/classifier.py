@@ -12,10 +12,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from client.contract import CASCADE_OUTPUTS, parse_class
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
-from server.gateway.pipelines import CASCADE_OUTPUTS, INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
+from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.score_maps import infer_maps, lay_out, upright_size
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
@@ -25,12 +26,8 @@ from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
 def parse_class_dicts(raw: Iterable[bytes | str]) -> list[dict[str, Any]]:
     """Decode Triton's "score:index:label" strings (the label itself may contain colons) as plain dicts in the
     order of the Prediction model's fields (the JSON body)."""
-    predictions = []
-    for item in raw:
-        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-        score, index, label = [*text.split(":", 2), "", ""][:3]
-        predictions.append({"label": label, "index": int(index), "score": float(score)})
-    return predictions
+    return [{"label": found.label, "index": found.index, "score": found.score}
+            for found in map(parse_class, raw)]
 
 
 class Classifier:

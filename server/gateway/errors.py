@@ -6,20 +6,18 @@ Clients branch on ``code``; ``message`` is for humans. Nothing here ever puts a 
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from client.contract import find_image_error
 from server.gateway.triton_http import TritonHttpError
 
 log = logging.getLogger("server.gateway")
 
 # Codes the preprocess step puts in brackets at the start of its message (the Triton side's contract).
-_IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
-_IMAGE_CODE = re.compile(r"\[(" + "|".join(_IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 413: "payload_too_large",
                415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded"}
@@ -51,10 +49,9 @@ class TritonUnavailable(ApiError):
 
 def from_triton(exc: TritonHttpError) -> ApiError:
     """Translate a Triton error: the image's own faults to 4xx, an unavailable server to 503, the rest to 502."""
-    found = _IMAGE_CODE.search(exc.message)
+    found = find_image_error(exc.message)
     if found:
-        code = found.group(1)
-        return ApiError(_IMAGE_ERRORS[code], code, found.group(2).strip() or code.replace("_", " "))
+        return ApiError(found.status, found.code, found.message)
     if exc.unhealthy_step:
         return TritonUnavailable("a step of this pipeline is being restarted; retry shortly")
     if exc.unavailable:

@@ -13,16 +13,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, PROBS, SPEC_PARAMETER, default_pipeline
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import TritonPool
 from server.maps import MAPS_GEOMETRY, MAPS_OF
 
 log = logging.getLogger("server.gateway")
-SPEC_PARAMETER = "pipeline.spec"
-OUTPUT_NAME = "probs"
-INPUT_NAME = "image"
-CASCADE_OUTPUTS = ("stage", "stages")  # a cascade's Python model answers which stage answered and which ran
+OUTPUT_NAME, INPUT_NAME = PROBS, INPUT
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]])
     """
     parameters = config.get("parameters", {})
     raw = parameters.get(SPEC_PARAMETER, {}).get("string_value")
-    cascade = parameters.get("pipeline.kind", {}).get("string_value") == "cascade"
+    cascade = parameters.get(KIND_PARAMETER, {}).get("string_value") == CASCADE_KIND
     if not raw or (config.get("platform") != "ensemble" and not cascade):
         return None
     spec = json.loads(raw)
@@ -88,11 +86,7 @@ class PipelineCatalog:
 
     @property
     def default(self) -> str | None:
-        if self.configured_default:
-            return self.configured_default
-        if "fast" in self.pipelines:
-            return "fast"
-        return min(self.pipelines) if self.pipelines else None
+        return default_pipeline(self.pipelines, self.configured_default)
 
     def stale(self) -> bool:
         return not self.pipelines or time.monotonic() - self.loaded_at > self.refresh_s

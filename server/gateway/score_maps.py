@@ -20,6 +20,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from client.contract import INPUT, PROBS
 from server.gateway.errors import ApiError
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from vgg.imaging import rescaled_size
@@ -32,9 +33,9 @@ _SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90 degrees: the prepro
 def maps_request(outputs: list[str], data: bytes, top_k: int) -> tuple[bytes, int]:
     """(body, JSON header length) of a v2 inference request: the image as one BYTES element, top-k as the
     classification extension's strings (JSON) and the score maps as binary tensors."""
-    wanted = [{"name": "probs", "parameters": {"classification": top_k, "binary_data": False}}]
+    wanted = [{"name": PROBS, "parameters": {"classification": top_k, "binary_data": False}}]
     wanted += [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+    header = json.dumps({"inputs": [{"name": INPUT, "shape": [1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(data) + 4}}],
                          "outputs": wanted}, separators=(",", ":")).encode()
     return header + struct.pack("<I", len(data)) + data, len(header)

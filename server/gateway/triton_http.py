@@ -18,11 +18,10 @@ from urllib.parse import quote
 
 import httptools
 
-from server.triton_access import KEY_HEADER
+from client.contract import KEY_HEADER, UNHEALTHY_STEP
 
 MAX_IDLE_CONNECTIONS = 64
 # Triton's statuses for the errors its HTTP frontend reports, as the bounded labels the metrics use.
-UNHEALTHY_STUB = "is not healthy"  # Triton's "Stub process '<instance>' is not healthy."
 STATUS_NAMES = {400: "invalid_argument", 404: "not_found", 500: "internal", 501: "unimplemented", 503: "unavailable"}
 
 
@@ -51,7 +50,7 @@ class TritonHttpError(Exception):
     def unhealthy_step(self) -> bool:
         """A pipeline step's stub process died or froze: the request never ran, and another instance (or the
         step once the launcher has reloaded it) can answer it."""
-        return self.status == 500 and UNHEALTHY_STUB in self.message
+        return self.status == 500 and UNHEALTHY_STEP in self.message
 
 
 class _Connection(asyncio.Protocol):

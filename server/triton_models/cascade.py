@@ -15,6 +15,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from client.contract import INPUT, PROBS, SPEC_PARAMETER, image_error
 from server.cascade_spec import Cascade, confidence, view_units
 from server.pipeline_spec import Pipeline, View
 from server.triton_models.fuse import fuse
@@ -28,22 +29,22 @@ class StepFailed(Exception):
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        self.cascade = Cascade.from_json(parameters["pipeline.spec"]["string_value"])
+        self.cascade = Cascade.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
 
     async def execute(self, requests: list) -> list:
         return list(await asyncio.gather(*(self._one(request) for request in requests)))
 
     async def _one(self, request: object) -> object:
-        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+        data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
         if data.size != 1:
-            return _error(f"[invalid_image] expected one encoded image per request, got {data.size}")
+            return _error(image_error("invalid_image", f"expected one encoded image per request, got {data.size}"))
         try:
             image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
         except ImageRejected as exc:
             return _error(str(exc))
         except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
-            return _error(f"[invalid_image] undecodable image ({type(exc).__name__}: {exc})")
+            return _error(image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})"))
         rescaled: dict[int, np.ndarray] = {}
         evaluated: dict[tuple, np.ndarray] = {}
         run: list[str] = []
@@ -59,7 +60,7 @@ class TritonPythonModel:
         except StepFailed as exc:
             return _error(str(exc), pb_utils.TritonError.INTERNAL)
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("probs", probs),
+            pb_utils.Tensor(PROBS, probs),
             pb_utils.Tensor("stage", np.array([run[-1].encode()], dtype=np.object_)),
             pb_utils.Tensor("stages", np.array([name.encode() for name in run], dtype=np.object_))])
 
@@ -96,12 +97,12 @@ class TritonPythonModel:
 
     @staticmethod
     async def _infer(member: str, tensor: np.ndarray) -> np.ndarray:
-        request = pb_utils.InferenceRequest(model_name=member, requested_output_names=["probs"],
-                                            inputs=[pb_utils.Tensor("image", tensor)])
+        request = pb_utils.InferenceRequest(model_name=member, requested_output_names=[PROBS],
+                                            inputs=[pb_utils.Tensor(INPUT, tensor)])
         response = await request.async_exec()
         if response.has_error():
             raise StepFailed(response.error().message())
-        return pb_utils.get_output_tensor_by_name(response, "probs").as_numpy()
+        return pb_utils.get_output_tensor_by_name(response, PROBS).as_numpy()
 
 
 def _error(message: str, code: int | None = None) -> object:

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from client.contract import PROBS, SPEC_PARAMETER
 from server.pipeline_spec import Pipeline
 
 
@@ -29,7 +30,7 @@ def fuse(pipeline: Pipeline, posteriors: dict[str, np.ndarray]) -> np.ndarray:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        self.pipeline = Pipeline.from_json(parameters["pipeline.spec"]["string_value"])
+        self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.inputs = [f"m{i}_{view.tensor}" for i in range(len(self.pipeline.members))
                        for view in self.pipeline.views()]
 
@@ -38,5 +39,5 @@ class TritonPythonModel:
         for request in requests:
             posteriors = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
             probs = fuse(self.pipeline, posteriors)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("probs", probs)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(PROBS, probs)]))
         return responses

@@ -11,6 +11,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
+from client.contract import INPUT, SPEC_PARAMETER, image_error
 from server.pipeline_spec import Pipeline
 from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 
@@ -18,22 +19,22 @@ from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, gri
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        self.pipeline = Pipeline.from_json(parameters["pipeline.spec"]["string_value"])
+        self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 
     def _one(self, request: object) -> object:
-        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+        data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
         if data.size != 1:
-            return _error(f"[invalid_image] expected one encoded image per request, got {data.size}")
+            return _error(image_error("invalid_image", f"expected one encoded image per request, got {data.size}"))
         try:
             image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
         except ImageRejected as exc:
             return _error(str(exc))
         except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
-            return _error(f"[invalid_image] undecodable image ({type(exc).__name__}: {exc})")
+            return _error(image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})"))
         pipeline = self.pipeline
         tensors = []
         for q in pipeline.scales:

@@ -19,6 +19,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from client.contract import image_error
 from vgg.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
 
@@ -66,8 +67,9 @@ class TritonPythonModel:
             return None
         for name, array in feeds.items():
             if array.ndim == 4 and min(array.shape[2:]) < self.min_input_size:
-                return (f"[image_too_small] {self.name}: input {name} is {array.shape[3]}x{array.shape[2]}; "
-                        f"the net needs at least {self.min_input_size}x{self.min_input_size}")
+                return image_error("image_too_small", f"{self.name}: input {name} is {array.shape[3]}x"
+                                   f"{array.shape[2]}; the net needs at least {self.min_input_size}x"
+                                   f"{self.min_input_size}")
         return None
 
     def _run_group(self, requests: list, inputs: list, indices: list[int], responses: list) -> None:

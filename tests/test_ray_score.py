@@ -164,7 +164,8 @@ def test_a_killed_driver_resumes_to_the_same_result(ray_address, gateway, photos
     written = read_rows(out)
     assert 4 <= len(written) < 23
     resumed = run_cli(*args[2:])
-    assert resumed.returncode == 1, resumed.stderr
+    broken_left = not any(Path(r["path"]).name == "broken.jpg" for r in written)
+    assert resumed.returncode == (1 if broken_left else 0), resumed.stderr  # the status is this run's rows
     assert f"skipped {len(written)} already" in resumed.stderr, resumed.stderr
     assert_same_rows(read_rows(out), read_rows(reference))  # nothing lost, nothing duplicated, same order
 

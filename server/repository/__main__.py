@@ -1,0 +1,5 @@
+import sys
+
+from server.repository.cli import main
+
+sys.exit(main())

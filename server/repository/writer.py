@@ -1,0 +1,115 @@
+"""Writing the repository: every generated file rewritten only when its content changes, stale generated models
+removed, models nobody generated left alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from server.cascade_spec import Cascade, with_resolved_stages
+from server.maps import maps_ensemble_config
+from server.pipeline_spec import Pipeline, Spec, SpecError
+from server.repository.configs import (
+    GENERATED_MARK,
+    cascade_config,
+    ensemble_config,
+    fuse_config,
+    preprocess_config,
+    resolve,
+)
+from server.repository.exports import export_missing
+from server.repository.gpu import MemberUsage, deploy_member
+from server.repository.members import read_member
+from vgg.imaging import ImageLimits
+
+STEP_SOURCES = Path(__file__).resolve().parents[1] / "triton_models"
+
+
+def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
+    """Write every pipeline's three models (and members' deployment settings); returns the paths that changed."""
+    try:
+        limits = ImageLimits(**spec.limits)
+    except TypeError as exc:
+        raise SpecError(f"limits: {exc}".replace("ImageLimits.__init__() ", "")) from None
+    export_missing(spec, repository)
+    files: dict[Path, bytes] = {}
+    usage: dict[str, MemberUsage] = {}
+    resolved: dict[str, Pipeline] = {}
+    for pipeline in spec.pipelines.values():
+        if isinstance(pipeline, Cascade):
+            continue
+        members = [read_member(repository, m) for m in pipeline.members]
+        pipeline = resolved[pipeline.name] = resolve(pipeline, members)
+        for member in members:
+            usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
+        labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
+        classes = members[0].num_classes
+        models = {
+            f"{pipeline.name}_preprocess": (preprocess_config(f"{pipeline.name}_preprocess", pipeline, limits),
+                                            STEP_SOURCES / "preprocess.py"),
+            f"{pipeline.name}_fuse": (fuse_config(f"{pipeline.name}_fuse", pipeline, classes, labels is not None),
+                                      STEP_SOURCES / "fuse.py"),
+            pipeline.name: (ensemble_config(pipeline, classes, labels is not None), None),
+        }
+        if pipeline.dense:
+            windows = {m.name: m.min_input_size for m in members}
+            maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None), pipeline, windows)
+            models[maps.name] = (maps, None)
+        for name, (config, source) in models.items():
+            files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
+            files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None
+            if labels is not None and not name.endswith("_preprocess"):
+                files[repository / name / "labels.txt"] = labels.read_bytes()
+    for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
+        files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits))
+    for name, used in usage.items():
+        path = repository / name / "config.pbtxt"
+        deployed = deploy_member(text_format.Parse(path.read_text(), mc.ModelConfig()), target, used)
+        if deployed is not None:
+            files[path] = text_format.MessageToString(deployed).encode()
+    changed = [str(path) for path, content in files.items() if write_if_changed(path, content)]
+    generated = {path.parent.name for path in files if path.name == "config.pbtxt"}
+    for stale in generated_models(repository) - generated:
+        shutil.rmtree(repository / stale)
+        changed.append(f"{repository / stale} (removed)")
+    return changed
+
+
+def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits) -> dict[Path, bytes]:
+    members = [read_member(repository, m) for m in cascade.members]
+    if len({m.num_classes for m in members}) != 1:
+        raise SpecError(f"pipelines.{cascade.name}: the stages' members disagree on the number of classes "
+                        + ", ".join(f"{m.name}={m.num_classes}" for m in members))
+    labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
+    config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
+    files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
+             repository / cascade.name / "1" / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
+    if labels is not None:
+        files[repository / cascade.name / "labels.txt"] = labels.read_bytes()
+    return files
+
+
+def write_if_changed(path: Path, content: bytes | None) -> bool:
+    if content is None:  # a version directory with no file in it (ensembles)
+        if path.parent.is_dir():
+            return False
+        path.parent.mkdir(parents=True)
+        return True
+    if path.exists() and path.read_bytes() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(content)
+    temporary.replace(path)
+    return True
+
+
+def generated_models(repository: Path) -> set[str]:
+    names = set()
+    for config in repository.glob("*/config.pbtxt"):
+        if f'key: "{GENERATED_MARK}"' in config.read_text():
+            names.add(config.parent.name)
+    return names

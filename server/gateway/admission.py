@@ -11,11 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
-
-from server.gateway.classifier import Classifier
 from server.gateway.errors import ApiError
-from server.gateway.pipelines import Pipeline
 
 
 class Admission:
@@ -55,14 +51,3 @@ class Admission:
             self.active -= 1
             self._slots.release()
 
-
-@contextlib.asynccontextmanager
-async def admitted(admission: Admission, classifier: Classifier, request: Request,
-                   name: str | None) -> AsyncIterator[Pipeline]:
-    """A service slot and the resolved pipeline, named in the request's metrics label as soon as it is known: what
-    every classify route (FastAPI's and the raw-body fast path) does before reading the images."""
-    request.state.pipeline = "unknown"
-    async with admission.slot():
-        chosen = await classifier.resolve(name)
-        request.state.pipeline = chosen.name
-        yield chosen

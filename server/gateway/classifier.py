@@ -58,16 +58,16 @@ class Classifier:
         return pipeline
 
     async def classify(self, pipeline: Pipeline, image: bytes, top_k: int, maps: bool = False) -> ClassifyResponse:
-        """Top-k for one image as the response model (see classify_raw)."""
-        return ClassifyResponse(**await self.classify_raw(pipeline, image, top_k, maps=maps))
+        """Top-k for one image as the response model (see classify_to_dict)."""
+        return ClassifyResponse(**await self.classify_to_dict(pipeline, image, top_k, maps=maps))
 
     async def canary(self, name: str) -> None:
         """One request to a degraded pipeline, without retries, so its state follows what its steps can do."""
         pipeline = await self.catalog.get(name)
         if pipeline is not None:
-            await self.classify_raw(pipeline, self._canary_image, 1, step_retries=0, count=False)
+            await self.classify_to_dict(pipeline, self._canary_image, 1, step_retries=0, count=False)
 
-    async def classify_raw(self, pipeline: Pipeline, image: bytes, top_k: int,
+    async def classify_to_dict(self, pipeline: Pipeline, image: bytes, top_k: int,
                            step_retries: int = UNHEALTHY_STEP_RETRIES, count: bool = True,
                            maps: bool = False) -> dict[str, Any]:
         """Top-k for one image as the plain JSON-ready body of ClassifyResponse, with the top-k classes' score

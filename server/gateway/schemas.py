@@ -109,3 +109,8 @@ class ReadyResponse(BaseModel):
 
 
 ClassifyResponse.model_rebuild()  # its `maps` field names a model defined after it
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI: these statuses answer the error body."""
+    return {code: {"model": ErrorResponse} for code in codes}

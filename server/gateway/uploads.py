@@ -71,6 +71,10 @@ def too_many_files(max_files: int) -> ApiError:
     return ApiError(413, "too_many_files", f"at most {max_files} file(s) per request{hint}")
 
 
+def empty_image() -> ApiError:
+    return ApiError(422, "invalid_image", "the image is empty")
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
 
@@ -123,5 +127,5 @@ async def read_images(request: Request, limit: int, timeout_s: float, max_files:
 def _part(filename: str | None, data: bytes, content_type: str | None) -> ImagePart:
     error = check_type(content_type, allow_missing=True) if content_type is not None else None
     if error is None and not data:
-        error = ApiError(422, "invalid_image", "the image is empty")
+        error = empty_image()
     return ImagePart(filename, data, error)

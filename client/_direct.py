@@ -12,11 +12,14 @@ import json
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from client._core import DIRECT_SCHEMES, Encoded
+from client._http import maps_unsupported
 from client.contract import (
     CASCADE_KIND,
     CASCADE_OUTPUTS,
@@ -38,12 +41,12 @@ from client.errors import CONNECTION_ERROR, ClientError
 from client.results import Classification, PipelineInfo, Prediction
 
 IMAGE_ERROR_CODES = frozenset(IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
-SCHEMES = ("grpc://", "triton://")
+T = TypeVar("T")
 PIPELINES_MAX_AGE_S = 15.0  # as the gateway's --catalog-refresh-s
 
 
 def strip_scheme(url: str) -> str:
-    for scheme in SCHEMES:
+    for scheme in DIRECT_SCHEMES:
         if url.startswith(scheme):
             return url[len(scheme):].rstrip("/")
     return url
@@ -182,6 +185,17 @@ def prepare_request(module: Any, pipelines: dict, data: bytes, top_k: int, pipel
     tensor, output = request_parts(module, data, k)
     return info, tensor, output
 
+def image_fault_as_answer(call: Callable[[], Classification]) -> Classification | ClientError:
+    """An image's own fault as its batch slot's answer; anything else (unknown pipeline, service down) fails the
+    batch, as through the gateway."""
+    try:
+        return call()
+    except ClientError as exc:
+        if exc.code not in IMAGE_ERROR_CODES:
+            raise
+        return exc
+
+
 class PipelineCache:
     """What Triton serves, re-read after ``max_age_s`` (as the gateway does), so a long-lived client follows
     repository changes."""
@@ -226,7 +240,11 @@ class DirectTransport:
             if client in self._clients:  # not if closed meanwhile
                 self._idle.append(client)
 
-    def pipelines(self) -> dict[str, PipelineInfo]:
+    def pipelines(self) -> list[PipelineInfo]:
+        return list(self.catalog().values())
+
+    def catalog(self) -> dict[str, PipelineInfo]:
+        """The pipelines by name, asked of Triton at most every PIPELINES_MAX_AGE_S."""
         cached = self._pipelines.fresh()
         if cached is not None:
             return cached
@@ -253,9 +271,17 @@ class DirectTransport:
         finally:
             self._give_back(client)
 
-    def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
+    def classify_batch(self, images: list[Encoded], top_k: int, pipeline: str | None,
+                       retrying: Callable[[Callable[[], T]], T]) -> list[Classification | ClientError]:
+        """One inference an image, each retried on its own: an image's own fault is its slot's answer."""
+        return [image_fault_as_answer(lambda d=data: retrying(lambda: self.classify(d, "", top_k, pipeline, False)))
+                for data, _, _ in images]
+
+    def classify(self, data: bytes, kind: str, top_k: int, pipeline: str | None, maps: bool) -> Classification:
+        if maps:
+            raise maps_unsupported()
         started = time.perf_counter()
-        info, tensor, output = prepare_request(self._module, self.pipelines(), data, top_k, pipeline)
+        info, tensor, output = prepare_request(self._module, self.catalog(), data, top_k, pipeline)
         # No gRPC deadline: Triton 2.51's Python backend can crash when a running request is cancelled, so on
         # timeout we stop waiting and let the call finish on its own (see docs/client.md).
         finished = threading.Event()
@@ -307,7 +333,10 @@ class AsyncDirectTransport:
             self._client = self._module.InferenceServerClient(self.url)
         return self._client
 
-    async def pipelines(self) -> dict[str, PipelineInfo]:
+    async def pipelines(self) -> list[PipelineInfo]:
+        return list((await self.catalog()).values())
+
+    async def catalog(self) -> dict[str, PipelineInfo]:
         cached = self._pipelines.fresh()
         if cached is not None:
             return cached
@@ -329,9 +358,24 @@ class AsyncDirectTransport:
         except self._error:
             return False
 
-    async def classify(self, data: bytes, top_k: int, pipeline: str | None) -> Classification:
+    async def classify_batch(self, images: list[Encoded], top_k: int, pipeline: str | None,
+                             retrying: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
+                             ) -> list[Classification | ClientError]:
+        async def one(data: bytes) -> Classification | ClientError:
+            try:
+                return await retrying(lambda: self.classify(data, "", top_k, pipeline, False))
+            except ClientError as exc:
+                if exc.code not in IMAGE_ERROR_CODES:
+                    raise
+                return exc
+        return list(await asyncio.gather(*(one(data) for data, _, _ in images)))
+
+    async def classify(self, data: bytes, kind: str, top_k: int, pipeline: str | None,
+                       maps: bool) -> Classification:
+        if maps:
+            raise maps_unsupported()
         started = time.perf_counter()
-        info, tensor, output = prepare_request(self._module, await self.pipelines(), data, top_k, pipeline)
+        info, tensor, output = prepare_request(self._module, await self.catalog(), data, top_k, pipeline)
         call = asyncio.ensure_future(self.client().infer(
             info.name, [tensor], outputs=requested_outputs(self._module, info, output), headers=self.headers))
         self._running.add(call)

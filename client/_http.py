@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -62,6 +64,17 @@ def parse_batch(body: dict[str, Any]) -> list[Classification | ClientError]:
 
 def parse_pipelines(body: dict[str, Any]) -> list[PipelineInfo]:
     return [PipelineInfo.from_json(item) for item in body["pipelines"]]
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """httpx's connection and timeout errors as ClientErrors (the retry policy knows which to resend)."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc) from None
+    except httpx.TimeoutException as exc:
+        raise timeout_error(exc) from None
 
 
 def transport_error(exc: Exception) -> ClientError:

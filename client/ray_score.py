@@ -224,8 +224,9 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def settings_for(client: Any, args: Any) -> ScoringSettings:
     """The CLI's options as the actors need them; the Triton key read here, where its file or variable is."""
-    from client._direct import SCHEMES, read_triton_key
+    from client._core import is_direct
+    from client._direct import read_triton_key
 
-    triton_key = read_triton_key(None) if client.url.startswith(SCHEMES) else None
+    triton_key = read_triton_key(None) if is_direct(client.url) else None
     return ScoringSettings(client.url, args.api_key, args.timeout, triton_key, args.top_k, args.pipeline,
                            args.concurrency)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import httpx
-
-from client import _http
-from client._direct import IMAGE_ERROR_CODES, SCHEMES, DirectTransport, read_triton_key
+from client._core import DEFAULT_URL, is_direct, join_batch, read_error, read_file, split_batch
+from client._gateway import GatewayTransport
 from client.errors import ClientError
-from client.images import ImageInput, encode, encode_or_error
+from client.images import ImageInput, encode
 from client.inputs import Inputs, check_options, check_timeout, iter_paths
 from client.results import Classification, PipelineInfo, ScoreResult
 from client.retry import RetryPolicy
 
 T = TypeVar("T")
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class Client:
@@ -30,14 +27,12 @@ class Client:
         self.url = url
         self.retry = retry or RetryPolicy()
         check_timeout(timeout)
-        self._direct: DirectTransport | None = None
-        self._http: httpx.Client | None = None
-        if url.startswith(SCHEMES):
-            self._direct = DirectTransport(url, timeout, read_triton_key(triton_key))
+        if is_direct(url):
+            from client._direct import DirectTransport, read_triton_key
+            self._transport: GatewayTransport | DirectTransport = DirectTransport(
+                url, timeout, read_triton_key(triton_key))
         else:
-            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-            self._http = httpx.Client(base_url=url, timeout=timeout, headers=_http.auth_headers(api_key),
-                                      limits=limits)
+            self._transport = GatewayTransport(url, api_key, timeout, max_connections)
 
     def classify(self, image: ImageInput, top_k: int = 5, pipeline: str | None = None,
                  maps: bool = False) -> Classification:
@@ -45,43 +40,26 @@ class Client:
         their score maps (``.maps``, gateway mode only)."""
         check_options(top_k)
         data, kind, _ = encode(image)
-        if self._direct and maps:
-            raise _http.maps_unsupported()
-        if self._direct:
-            return self._retrying(lambda: self._direct.classify(data, top_k, pipeline))  # type: ignore[union-attr]
-        request = _http.classify_request(data, kind, top_k, pipeline, maps)
-        return self._retrying(lambda: _http.parse_classification(self._post(request)))
+        return self._retrying(lambda: self._transport.classify(data, kind, top_k, pipeline, maps))
 
     def classify_batch(self, images: list[ImageInput], top_k: int = 5,
                        pipeline: str | None = None) -> list[Classification | ClientError]:
         """Several images in one request; a bad image (unreadable, or refused by the server) gives a ClientError in
         its slot, not an exception. The gateway takes up to --max-batch-files (32) images a request."""
         check_options(top_k)
-        parts = [encode_or_error(image) for image in images]
-        sent = [part for part in parts if not isinstance(part, ClientError)]
-        results: list[Classification | ClientError] = []
-        if sent and self._direct:
-            results = [self._safe(lambda d=d: self.classify(d, top_k, pipeline)) for d, _, _ in sent]
-        elif sent:
-            request = _http.batch_request(sent, top_k, pipeline)
-            results = self._retrying(lambda: _http.parse_batch(self._post(request)))
-        answers = iter(results)
-        return [part if isinstance(part, ClientError) else next(answers) for part in parts]
+        parts, sent = split_batch(images)
+        answers = self._transport.classify_batch(sent, top_k, pipeline, self._retrying) if sent else []
+        return join_batch(parts, answers)
 
     def pipelines(self) -> list[PipelineInfo]:
-        if self._direct:
-            return list(self._retrying(self._direct.pipelines).values())
-        return self._retrying(lambda: _http.parse_pipelines(self._get("/v1/pipelines")))
+        return self._retrying(self._transport.pipelines)
 
     def ready(self) -> bool:
         """True when the service (gateway and Triton behind it, or Triton itself) can classify now."""
         try:
-            if self._direct:
-                return self._direct.ready()
-            self._get("/readyz")
+            return self._transport.ready()
         except ClientError:
             return False
-        return True
 
     def score(self, inputs: Inputs, concurrency: int = 8, top_k: int = 5, pipeline: str | None = None,
               skip: Container[str] = ()) -> Iterator[ScoreResult]:
@@ -113,10 +91,9 @@ class Client:
 
     def _score_one(self, path: str, top_k: int, pipeline: str | None) -> ScoreResult:
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = read_file(path)
         except OSError as exc:
-            return ScoreResult(path, error=ClientError(0, "read_error", f"{exc.strerror or exc}"))
+            return read_error(path, exc)
         try:
             return ScoreResult(path, classification=self.classify(data, top_k, pipeline))
         except ClientError as exc:
@@ -134,38 +111,8 @@ class Client:
             time.sleep(delay)
             attempt += 1
 
-    @staticmethod
-    def _safe(call: Callable[[], Classification]) -> Classification | ClientError:
-        """An image's own fault as its result; anything else (unknown pipeline, service down) fails the batch, as
-        through the gateway."""
-        try:
-            return call()
-        except ClientError as exc:
-            if exc.code not in IMAGE_ERROR_CODES:
-                raise
-            return exc
-
-    def _post(self, request: dict[str, Any]) -> Any:
-        return self._send(lambda: self._http.post(**request))  # type: ignore[union-attr]
-
-    def _get(self, path: str) -> Any:
-        return self._send(lambda: self._http.get(path))  # type: ignore[union-attr]
-
-    @staticmethod
-    def _send(call: Callable[[], httpx.Response]) -> Any:
-        try:
-            response = call()
-        except _http.TRANSPORT_ERRORS as exc:
-            raise _http.transport_error(exc) from None
-        except httpx.TimeoutException as exc:
-            raise _http.timeout_error(exc) from None
-        return _http.check(response)
-
     def close(self) -> None:
-        if self._http:
-            self._http.close()
-        if self._direct:
-            self._direct.close()
+        self._transport.close()
 
     def __enter__(self) -> Client:
         return self

@@ -125,7 +125,7 @@ def test_direct_mode_asks_triton_when_asked_if_ready_and_reuses_its_clients(trit
         assert client.ready()
         for _ in range(3):
             assert all(r.ok for r in client.score(photo_dir / "nested", concurrency=4))
-        assert len(client._direct._clients) <= 4  # one per thread in flight, not per thread ever started
+        assert len(client._transport._clients) <= 4  # one per thread in flight, not per thread ever started
     with Client(f"grpc://127.0.0.1:{free_port()}") as closed:
         assert not closed.ready()
 

@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from client.contract import INPUT, PROBS
 from server.gateway.classifier import parse_class_dicts
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME
 from server.gateway.triton_http import TritonHttpClient
 
 
@@ -46,7 +46,7 @@ class BareProxy:
             more = message.get("more_body", False)
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         pipeline, top_k = query.get("pipeline", "fast"), int(query.get("top_k", 5))
-        top = await self.triton.classify(pipeline, INPUT_NAME, OUTPUT_NAME, body, top_k)
+        top = await self.triton.classify(pipeline, INPUT, PROBS, body, top_k)
         await self._answer(send, 200, {"predictions": parse_class_dicts(top), "pipeline": pipeline})
 
     @staticmethod

@@ -27,8 +27,8 @@ import tritonclient.grpc as grpcclient
 from bench.accuracy import EvaluationError, image_folder
 from bench.cascade import ROOT, MacCounter, resolved_cascade, serve_stages, stage_costs, stage_posteriors
 from bench.common import free_port, machine, publish
+from client.contract import CASCADE_OUTPUTS, INPUT, PROBS
 from server.cascade_spec import Cascade, stops_at
-from server.gateway.pipelines import CASCADE_OUTPUTS, INPUT_NAME, OUTPUT_NAME
 from server.gateway.triton_http import classification_request
 from server.pipeline_spec import Spec, SpecError, load_spec
 from server.repository import read_member
@@ -39,13 +39,13 @@ from vgg.imaging import ImageLimits, decode_rgb
 def cascade_answers(url: str, name: str, paths: list[Path], workers: int) -> tuple[np.ndarray, list[list[str]]]:
     """The served cascade's full posteriors [images, classes] and the stages each image ran."""
     client = grpcclient.InferenceServerClient(url)
-    outputs = [grpcclient.InferRequestedOutput(n) for n in (OUTPUT_NAME, *CASCADE_OUTPUTS)]
+    outputs = [grpcclient.InferRequestedOutput(n) for n in (PROBS, *CASCADE_OUTPUTS)]
 
     def one(path: Path) -> tuple[np.ndarray, list[str]]:
-        tensor = grpcclient.InferInput(INPUT_NAME, [1], "BYTES")
+        tensor = grpcclient.InferInput(INPUT, [1], "BYTES")
         tensor.set_data_from_numpy(np.array([path.read_bytes()], dtype=np.object_))
         result = client.infer(name, [tensor], outputs=outputs)
-        return result.as_numpy(OUTPUT_NAME), [s.decode() for s in result.as_numpy("stages").reshape(-1)]
+        return result.as_numpy(PROBS), [s.decode() for s in result.as_numpy("stages").reshape(-1)]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         answers = list(pool.map(one, paths))
@@ -57,7 +57,7 @@ def images_per_s(url: str, pipeline: str, bodies: list[bytes], clients: int, ext
     host, _, port = url.rpartition(":")
     requests = []
     for data in bodies:
-        body, header_length = classification_request(INPUT_NAME, OUTPUT_NAME, data, 5, extra)
+        body, header_length = classification_request(INPUT, PROBS, data, 5, extra)
         requests.append((body, {"content-type": "application/octet-stream",
                                 "inference-header-content-length": str(header_length)}))
 

@@ -26,7 +26,7 @@ from bench.build import export, random_checkpoints
 from bench.cascade_bench import images_per_s
 from bench.common import free_port, machine, median_ms, photo_jpeg, publish
 from bench.served import direct_caller
-from server.gateway.pipelines import CASCADE_OUTPUTS
+from client.contract import CASCADE_OUTPUTS
 from server.pipeline_spec import load_spec
 from server.repository import generate
 from server.triton_launcher import TritonServer

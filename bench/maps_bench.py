@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import free_port, machine, photo_jpeg, publish, start_gateway
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME
+from client.contract import INPUT, PROBS
 from server.gateway.score_maps import maps_request
 from server.gateway.triton_http import classification_request
 
@@ -93,7 +93,7 @@ def sides(triton_url: str, gateway_url: str, pipeline: str, outputs: list[str],
           image: bytes) -> dict[str, Callable[[], int]]:
     """The four ways to ask, each a call returning the response's size; the Triton requests are the gateway's."""
     binary = {"content-type": "application/octet-stream"}
-    plain, plain_header = classification_request(INPUT_NAME, OUTPUT_NAME, image, TOP_K)
+    plain, plain_header = classification_request(INPUT, PROBS, image, TOP_K)
     maps, maps_header = maps_request(outputs, image, TOP_K)
     query = f"/v1/classify?pipeline={pipeline}&top_k={TOP_K}"
     return {

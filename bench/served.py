@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import median_ms
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME
+from client.contract import INPUT, PROBS
 from server.gateway.triton_http import classification_request
 
 
@@ -36,7 +36,7 @@ def keep_alive_poster(host: str, port: int, path: str, body: bytes, headers: dic
 def direct_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:
     """The gateway's own request to Triton's HTTP endpoint (server/gateway/triton_http.py), sent from here."""
     host, _, port = url.removeprefix("http://").rpartition(":")
-    body, header_length = classification_request(INPUT_NAME, OUTPUT_NAME, data, top_k)
+    body, header_length = classification_request(INPUT, PROBS, data, top_k)
     headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(header_length)}
     return keep_alive_poster(host, int(port), f"/v2/models/{pipeline}/infer", body, headers, "Triton")
 

@@ -28,7 +28,7 @@ import tritonclient.http.aio as http_aio
 import uvloop
 
 from bench.common import free_port, machine, photo_jpeg, publish
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME
+from client.contract import INPUT, PROBS
 from server.gateway.triton_http import TritonHttpClient
 from server.triton_launcher import TritonServer
 
@@ -39,7 +39,7 @@ Call = Callable[[], Awaitable[list[str]]]
 def own_call(url: str, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
     """The gateway's call (server/gateway/classifier.py makes the same one)."""
     client = TritonHttpClient(url)
-    return (lambda: client.classify(pipeline, INPUT_NAME, OUTPUT_NAME, data, top_k)), client.close
+    return (lambda: client.classify(pipeline, INPUT, PROBS, data, top_k)), client.close
 
 
 def tritonclient_call(module: ModuleType, url: str, pipeline: str, data: bytes, top_k: int) -> tuple[Call, Callable]:
@@ -49,11 +49,11 @@ def tritonclient_call(module: ModuleType, url: str, pipeline: str, data: bytes, 
     binary = {"binary_data": False} if module is http_aio else {}
 
     async def call() -> list[str]:
-        tensor = module.InferInput(INPUT_NAME, [1], "BYTES")
+        tensor = module.InferInput(INPUT, [1], "BYTES")
         tensor.set_data_from_numpy(image)
-        output = module.InferRequestedOutput(OUTPUT_NAME, class_count=top_k, **binary)
+        output = module.InferRequestedOutput(PROBS, class_count=top_k, **binary)
         result = await client.infer(pipeline, [tensor], outputs=[output])
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy(OUTPUT_NAME)]
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy(PROBS)]
     return call, client.close
 
 

@@ -23,7 +23,7 @@ def test_default_pipelines_classify_held_out_digits(tmp_path):
     repository = tmp_path / "model_repository"
     generate(spec, repository)
     members = {m for p in spec.pipelines.values() for m in p.members}
-    assert {"vgg_d_int8", "vgg_d_bf16"} <= members  # the fast paths ship as pipelines
+    assert {"vgg_d_int8", "vgg_d_bf16"} <= members  # the reduced-precision variants ship as pipelines
     steps = ("_preprocess", "_fuse", "_maps")
     assert sorted(p.name for p in repository.iterdir() if not p.name.endswith(steps)) == sorted(
         {*spec.pipelines, *members})

@@ -1,5 +1,6 @@
-"""The fast paths as servable pipelines: the committed demo nets in int8 and bf16, served by Triton through the same
-ensembles as FP32, agree with FP32 on held-out demo digits (handwriting never seen in training or calibration)."""
+"""The reduced-precision variants as servable pipelines: the committed demo nets in int8 and bf16, served by Triton
+through the same ensembles as FP32, agree with FP32 on held-out demo digits (handwriting never seen in training or
+calibration)."""
 
 from __future__ import annotations
 

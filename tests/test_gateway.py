@@ -108,7 +108,7 @@ def test_classify_raw_body_and_pipeline_choice(gateway, triton, sample_images):
     np.testing.assert_allclose(scores, np.sort(probs)[::-1], atol=1e-5)
 
 
-def test_raw_body_fast_path_answers_exactly_like_the_multipart_route(gateway, sample_images):
+def test_raw_body_route_answers_exactly_like_the_multipart_route(gateway, sample_images):
     """Raw bodies are served by server/gateway/raw_body.py, multipart by the FastAPI route: same answers."""
     for name, data in sample_images.items():
         raw = httpx.post(gateway.url + "/v1/classify", params={"pipeline": "multiscale", "top_k": 4}, content=data,

@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     for routes in (classify_routes, pipelines.router(services), health.router(services)):
         app.include_router(routes)
     add_page(app)
-    # Outermost last: metrics see every request, including those the fast path answers without FastAPI's routing.
+    # Outermost last: metrics see every request, including those the raw-body route answers without FastAPI's routing.
     classify_route = next(r for r in classify_routes.routes if getattr(r, "path", None) == "/v1/classify")
     app.add_middleware(RawBodyClassify, services=services, route=classify_route)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from client.contract import CASCADE_OUTPUTS, parse_class
+from client.contract import CASCADE_OUTPUTS, INPUT, PROBS, parse_class
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
-from server.gateway.pipelines import INPUT_NAME, OUTPUT_NAME, Pipeline, PipelineCatalog
+from server.gateway.pipelines import PipelineCatalog, ServedPipeline
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.score_maps import infer_maps, lay_out, upright_size
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
@@ -44,7 +44,7 @@ class Classifier:
         self.max_abandoned = max_abandoned
         self.abandoned: set[asyncio.Future[Any]] = set()
 
-    async def resolve(self, name: str | None) -> Pipeline:
+    async def resolve(self, name: str | None) -> ServedPipeline:
         """The named pipeline (or the default); 404 if Triton doesn't serve it, 503 if Triton can't be asked."""
         if name is None:
             await self.catalog.current()
@@ -57,7 +57,8 @@ class Classifier:
             raise ApiError(404, "unknown_pipeline", f"unknown pipeline {name[:100]!r}; available: {known}")
         return pipeline
 
-    async def classify(self, pipeline: Pipeline, image: bytes, top_k: int, maps: bool = False) -> ClassifyResponse:
+    async def classify(self, pipeline: ServedPipeline, image: bytes, top_k: int,
+                       maps: bool = False) -> ClassifyResponse:
         """Top-k for one image as the response model (see classify_to_dict)."""
         return ClassifyResponse(**await self.classify_to_dict(pipeline, image, top_k, maps=maps))
 
@@ -67,7 +68,7 @@ class Classifier:
         if pipeline is not None:
             await self.classify_to_dict(pipeline, self._canary_image, 1, step_retries=0, count=False)
 
-    async def classify_to_dict(self, pipeline: Pipeline, image: bytes, top_k: int,
+    async def classify_to_dict(self, pipeline: ServedPipeline, image: bytes, top_k: int,
                            step_retries: int = UNHEALTHY_STEP_RETRIES, count: bool = True,
                            maps: bool = False) -> dict[str, Any]:
         """Top-k for one image as the plain JSON-ready body of ClassifyResponse, with the top-k classes' score
@@ -98,8 +99,8 @@ class Classifier:
             request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
                                         outputs=[view["tensor"] for view in pipeline.maps["views"]])
         else:  # answers (top-k, the extra outputs)
-            request = functools.partial(TritonHttpClient.classify_with, model=pipeline.name, input_name=INPUT_NAME,
-                                        output_name=OUTPUT_NAME, data=image, top_k=k, extra=extra)
+            request = functools.partial(TritonHttpClient.classify_with, model=pipeline.name, input_name=INPUT,
+                                        output_name=PROBS, data=image, top_k=k, extra=extra)
         call = asyncio.ensure_future(self.pool.call(request, on_unhealthy_step=broken_step,
                                                     step_retries=step_retries))
         outcome = "ok"

@@ -1,6 +1,6 @@
-"""What a classification request may say, defined once for `/v1/classify`'s two routes (FastAPI's and the raw-body
-fast path) and for `/v1/classify/batch`: the query parameters with their defaults and bounds, and the admission
-(a service slot, the resolved pipeline) that comes before any image is read."""
+"""What a classification request may say, defined once for `/v1/classify`'s two routes (FastAPI's and the
+raw-body route of raw_body.py) and for `/v1/classify/batch`: the query parameters with their defaults and bounds,
+and the admission (a service slot, the resolved pipeline) that comes before any image is read."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fastapi import Query
 from starlette.requests import Request
 
 from server.gateway.admission import Admission
-from server.gateway.pipelines import Pipeline
+from server.gateway.pipelines import ServedPipeline
 
 DEFAULT_TOP_K = 5
 MAX_PIPELINE_NAME = 128
@@ -47,7 +47,7 @@ def query_dependencies(max_top_k: int) -> tuple[Callable[..., Any], Callable[...
 
 
 def parse_raw_query(query: bytes, max_top_k: int) -> ClassifyQuery | None:
-    """The query of a raw-body request when it is one the fast path serves exactly like the route: each parameter
+    """The query of a raw-body request when it is one the raw-body route serves exactly like FastAPI's: each parameter
     once and valid, no score maps. None sends the request on to the route, which answers or refuses it."""
     pipeline: str | None = None
     top_k = DEFAULT_TOP_K
@@ -73,12 +73,12 @@ def parse_raw_query(query: bytes, max_top_k: int) -> ClassifyQuery | None:
 
 @dataclasses.dataclass(frozen=True)
 class Admitted:
-    pipeline: Pipeline
+    pipeline: ServedPipeline
     started: float  # time.perf_counter() on arrival: the answer's timing_ms includes the wait for a slot
 
 
 @contextlib.asynccontextmanager
-async def admitted(admission: Admission, resolve: Callable[[str | None], Awaitable[Pipeline]], request: Request,
+async def admitted(admission: Admission, resolve: Callable[[str | None], Awaitable[ServedPipeline]], request: Request,
                    name: str | None) -> AsyncIterator[Admitted]:
     """A service slot and the resolved pipeline, named in the request's metrics label as soon as it is known."""
     started = time.perf_counter()

@@ -13,18 +13,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, PROBS, SPEC_PARAMETER, default_pipeline
+from client.contract import CASCADE_KIND, KIND_PARAMETER, PROBS, SPEC_PARAMETER, default_pipeline
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import TritonPool
 from server.maps import MAPS_GEOMETRY, MAPS_OF
 
 log = logging.getLogger("server.gateway")
-OUTPUT_NAME, INPUT_NAME = PROBS, INPUT
 
 
 @dataclass(frozen=True)
-class Pipeline:
+class ServedPipeline:
     """One servable pipeline as Triton describes it."""
 
     name: str
@@ -40,8 +39,8 @@ class Pipeline:
     maps: dict[str, Any] | None = None  # the geometry of its `<name>_maps` ensemble, when Triton serves one
 
 
-def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> Pipeline | None:
-    """A Pipeline from a model config (JSON form), or None when the model is not a pipeline.
+def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> ServedPipeline | None:
+    """A ServedPipeline from a model config (JSON form), or None when the model is not a pipeline.
 
     The pipeline's helper models (preprocess, fuse) carry the same spec; only the ensemble is the public entry, or
     the Python model of a cascade (``pipeline.kind`` = cascade), which is its own entry.
@@ -53,11 +52,11 @@ def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]])
         return None
     spec = json.loads(raw)
     outputs = {out["name"]: out for out in config.get("output", [])}
-    dims = [int(d) for d in outputs.get(OUTPUT_NAME, {}).get("dims", [])]
+    dims = [int(d) for d in outputs.get(PROBS, {}).get("dims", [])]
     members = tuple(str(m) for m in spec.get("members", []))
     weights = spec.get("weights")
     versions = {m: _latest(ready_versions.get(m, [])) for m in members}
-    return Pipeline(
+    return ServedPipeline(
         name=config["name"], members=members,
         weights=tuple(float(w) for w in weights) if weights else None,
         scales=tuple(int(s) for s in spec.get("scales", [])), mode=str(spec.get("mode", "dense")),
@@ -79,7 +78,7 @@ class PipelineCatalog:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self.configured_default = default
-        self.pipelines: dict[str, Pipeline] = {}
+        self.pipelines: dict[str, ServedPipeline] = {}
         self.loaded_at = 0.0
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
@@ -91,7 +90,7 @@ class PipelineCatalog:
     def stale(self) -> bool:
         return not self.pipelines or time.monotonic() - self.loaded_at > self.refresh_s
 
-    async def refresh(self, force: bool = False) -> dict[str, Pipeline]:
+    async def refresh(self, force: bool = False) -> dict[str, ServedPipeline]:
         """Re-read the catalog from Triton unless another caller just did; raises ApiError (503, 504...)."""
         started = time.monotonic()
         async with self._lock:
@@ -108,7 +107,7 @@ class PipelineCatalog:
             self.loaded_at = time.monotonic()
             return self.pipelines
 
-    async def current(self) -> dict[str, Pipeline]:
+    async def current(self) -> dict[str, ServedPipeline]:
         """The catalog; loaded now if empty, refreshed in the background if stale so no request waits for it."""
         if not self.pipelines:
             return await self.refresh()
@@ -116,7 +115,7 @@ class PipelineCatalog:
             self._background = asyncio.create_task(self._refresh_quietly())
         return self.pipelines
 
-    async def get(self, name: str) -> Pipeline | None:
+    async def get(self, name: str) -> ServedPipeline | None:
         """The pipeline called ``name``; an unknown name triggers one refresh in case it was just added."""
         pipelines = await self.current()
         if name not in pipelines and time.monotonic() - self.loaded_at > 1.0:
@@ -129,13 +128,13 @@ class PipelineCatalog:
         except Exception as exc:  # keep serving the cached catalog; the next request tries again
             log.warning("pipeline catalog refresh failed: %s", exc)
 
-    async def _load(self, client: TritonHttpClient) -> dict[str, Pipeline]:
+    async def _load(self, client: TritonHttpClient) -> dict[str, ServedPipeline]:
         ready: dict[str, list[str]] = {}
         for model in await client.repository_index():
             if model.get("state") == "READY":
                 ready.setdefault(model["name"], []).append(str(model.get("version", "")))
         configs = await asyncio.gather(*(client.model_config(name) for name in sorted(ready)))
-        found: dict[str, Pipeline] = {}
+        found: dict[str, ServedPipeline] = {}
         for config in configs:
             try:
                 pipeline = parse_pipeline(config, ready)

@@ -74,7 +74,7 @@ class RawBodyClassify:
         await send({"type": "http.response.body", "body": payload})
 
     def _query(self, scope: Scope) -> ClassifyQuery | None:
-        """The query when the request is one the fast path serves exactly like the route; else None."""
+        """The query when the request is one the raw-body route serves exactly like FastAPI's; else None."""
         kind = b""
         for name, value in scope["headers"]:
             if name == b"content-type":

@@ -1,5 +1,5 @@
 """The gateway's long-lived parts for one set of settings, wired once: the Triton pool, the pipeline catalog and
-health, the classifier, admission, metrics and the auth check. Routers and the fast path receive them ready."""
+health, the classifier, admission, metrics and the auth check. Routers and the raw-body route receive them ready."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from export.checkpoint import CheckpointError, load_vgg
 from export.onnx_graph import Normalization, write_onnx
 from export.quantize import QuantizationError, check_bf16, find_images, quantize_int8
-from export.triton_model import ServingOptions, StagedModel, default_labels, model_config
+from export.triton_config import ServingOptions, StagedModel, default_labels, model_config
 from export.validate import compare_with_pytorch
 from vgg.nets import VGGConfig
 

@@ -89,7 +89,7 @@ def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> m
 
 
 def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits: ImageLimits) -> mc.ModelConfig:
-    """image -> the cascade's Python model (server/triton_models/cascade.py), which calls the stages' members."""
+    """image -> the cascade's Python model (server/pipeline_steps/cascade.py), which calls the stages' members."""
     config = mc.ModelConfig(name=cascade.name, backend="python", max_batch_size=0)
     config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
     output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])

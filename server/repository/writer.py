@@ -25,7 +25,7 @@ from server.repository.gpu import MemberUsage, deploy_member
 from server.repository.members import read_member
 from vgg.imaging import ImageLimits
 
-STEP_SOURCES = Path(__file__).resolve().parents[1] / "triton_models"
+STEP_SOURCES = Path(__file__).resolve().parents[1] / "pipeline_steps"
 
 
 def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:

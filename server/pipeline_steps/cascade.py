@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 from client.contract import INPUT, PROBS, SPEC_PARAMETER, image_error
 from server.cascade_spec import Cascade, confidence, view_units
 from server.pipeline_spec import Pipeline, View
-from server.triton_models.fuse import fuse
+from server.pipeline_steps.fuse import fuse
 from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 
 

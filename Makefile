@@ -36,9 +36,9 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
-# The unit tests only: no Triton, no gateway (about a minute).
+# The unit tests only: no Triton, no gateway, no full-size nets (under a minute).
 test-fast: install lint
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration and not slow"
 
 # Exports the demo models that the repository lacks and (re)generates the pipelines from pipelines.toml.
 repository: install

@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest.register_assert_rewrite("support")  # the shared fixtures' asserts report like the tests' own
+
 TESTS = Path(__file__).resolve().parent
 TEST_ARCHS = {"vgg_a": "A", "vgg_d": "D", "vgg_e": "E"}
 NUM_CLASSES, TRAINING_SIZE = 10, 64
 # What makes a test an integration test (marker `integration`; `make test-fast` leaves them out): it uses a fixture
 # that runs Triton or the gateway, or its module starts them itself.
-SERVER_FIXTURES = {"triton", "gateway", "limited_gateway", "secured_gateway", "serve", "load"}
+# fixtures that start Triton or a gateway (a test needing one, even through another fixture, is an integration test)
+SERVER_FIXTURES = {"triton", "gateway", "limited_gateway", "secured_gateway", "serve", "load", "maps_triton",
+                   "maps_gateway", "served"}
 SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_deploy", "test_discovery", "test_faults",
                   "test_gateway_failover", "test_launcher", "test_precision", "test_serve", "test_train"}
 

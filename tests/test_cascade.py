@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from conftest import TESTS, encode, free_port
-from gateway_support import metric_value, start_gateway
-from reference_protocol import pipeline_posterior
+from support.gateway import metric_value, start_gateway
+from support.reference_protocol import pipeline_posterior
 from tritonclient.utils import InferenceServerException
 
 from client import Client

@@ -18,15 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from support.gateway import PROJECT_ROOT, Gateway, HeldRequest, free_port, start_gateway, wait_for_metric
 
-pytest.register_assert_rewrite("gateway_support")  # before its import: it is also this module's fixture plugin
+from client import AsyncClient, Classification, Client, ClientError, Prediction, RetryPolicy
 
-from gateway_support import PROJECT_ROOT, Gateway, HeldRequest, free_port, start_gateway, wait_for_metric  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from client import AsyncClient, Classification, Client, ClientError, Prediction, RetryPolicy  # noqa: E402
-
-pytest_plugins = ("gateway_support",)
+pytest_plugins = ("support.gateway",)
 
 
 def same(a: Classification, b: Classification) -> None:

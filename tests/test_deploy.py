@@ -14,14 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.gateway import Gateway, free_port
 
 from deploy import validate
 from deploy.dashboard import dashboard_metric_names
 from server.triton_access import restriction_flags
 from vgg.runtimes import RuntimeConfigError, SessionSettings
-
-pytest.register_assert_rewrite("gateway_support")
-from gateway_support import Gateway, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

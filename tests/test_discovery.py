@@ -12,11 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.gateway import Gateway, free_port, metric_value
 
-pytest.register_assert_rewrite("gateway_support")
-from gateway_support import Gateway, free_port, metric_value  # noqa: E402
-
-from server.triton_launcher import TritonServer  # noqa: E402
+from server.triton_launcher import TritonServer
 
 NAME = "vgg-triton-pods.test"
 HOSTS = "127.0.0.1 localhost\n"

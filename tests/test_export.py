@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ def test_every_configuration_exports_equal_to_pytorch(tmp_path, layout, batch_no
     assert list(kernel) == [2, 2] and {"fc7", "fc8"} <= set(convs)
 
 
+@pytest.mark.slow  # a full-size net: minutes of CPU on a loaded machine; make test runs it, make test-fast does not
 def test_full_size_vgg16_at_224(tmp_path):
     torch.manual_seed(0)
     model = VGG(VGGConfig("D"))
@@ -199,8 +201,12 @@ def corrupt_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 def test_bad_checkpoints_fail_with_one_clear_line(tmp_path):
     repository = tmp_path / "repo"
-    for case, (args, message) in corrupt_cases(tmp_path).items():
-        result = run_cli(*args, "--repository", str(repository))
+    cases = corrupt_cases(tmp_path)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # a process each, side by side: none of them writes anything
+        results = dict(zip(cases, pool.map(lambda args: run_cli(*args, "--repository", str(repository)),
+                                           [args for args, _ in cases.values()]), strict=True))
+    for case, (_, message) in cases.items():
+        result = results[case]
         assert result.returncode == 1, case
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], f"{case}: {result.stderr}"

@@ -17,12 +17,10 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-
-pytest.register_assert_rewrite("gateway_support")  # before its import: it is also this module's fixture plugin
-
-import tritonclient.grpc as grpcclient  # noqa: E402
-from conftest import NUM_CLASSES, TESTS  # noqa: E402
-from gateway_support import (  # noqa: E402
+import tritonclient.grpc as grpcclient
+from conftest import NUM_CLASSES, TESTS
+from PIL import Image
+from support.gateway import (
     PROJECT_ROOT,
     HeldRequest,
     assert_error,
@@ -31,11 +29,10 @@ from gateway_support import (  # noqa: E402
     start_gateway,
     wait_for_metric,
 )
-from PIL import Image  # noqa: E402
 
-from server.pipeline_spec import load_spec  # noqa: E402
+from server.pipeline_spec import load_spec
 
-pytest_plugins = ("gateway_support",)
+pytest_plugins = ("support.gateway",)
 SPEC = load_spec(TESTS / "pipelines.toml")
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "bmp": "image/bmp"}
 TIMEOUT = 60

@@ -7,16 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
+from conftest import free_port
+from support.gateway import metric_value, start_gateway
 
-pytest.register_assert_rewrite("gateway_support")  # before its import: it is also this module's fixture plugin
+from server.triton_launcher import TritonServer
 
-from conftest import free_port  # noqa: E402
-from gateway_support import metric_value, start_gateway  # noqa: E402
-
-from server.triton_launcher import TritonServer  # noqa: E402
-
-pytest_plugins = ("gateway_support",)
+pytest_plugins = ("support.gateway",)
 
 
 def triton_successes(metrics_url: str, model: str) -> float:

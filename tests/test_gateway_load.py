@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-pytest_plugins = ("gateway_support",)
+pytest_plugins = ("support.gateway",)
 
 
 def rss_mb(pid: int) -> float:

@@ -6,15 +6,15 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from gateway_support import assert_error
 from google.protobuf import text_format
-from maps_support import API_KEY, DEMO, digit_picture
-from reference_protocol import load_rgb, pipeline_posterior, score_maps
+from support.gateway import assert_error
+from support.maps import API_KEY, DEMO, digit_picture
+from support.reference_protocol import load_rgb, pipeline_posterior, score_maps
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.checkpoint import load_vgg
 
-pytest_plugins = ("gateway_support", "maps_support")
+pytest_plugins = ("support.gateway", "support.maps")
 TOLERANCE_SCORES, TOLERANCE_PROBS = 1e-3, 1e-5
 
 

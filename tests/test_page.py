@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from maps_support import API_KEY, PROJECT_ROOT, digit_picture
+from support.maps import API_KEY, PROJECT_ROOT, digit_picture
 
-pytest_plugins = ("gateway_support", "maps_support")
+pytest_plugins = ("support.gateway", "support.maps")
 CHROMIUM = os.environ.get("VGG_CHROMIUM", "/usr/bin/chromium")
 STATIC = PROJECT_ROOT / "server" / "gateway" / "static"
 DIGIT_BOX = (228, 18, 60)  # x, y, side of the 0 on its 300x96 canvas

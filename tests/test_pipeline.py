@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from conftest import TESTS
 from PIL import Image
-from reference_protocol import pipeline_posterior
+from support.reference_protocol import pipeline_posterior
 from tritonclient.utils import InferenceServerException
 
 from export.checkpoint import load_vgg

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from support.gateway import PROJECT_ROOT, free_port
 
-pytest.register_assert_rewrite("gateway_support")
+from client.ray_score import MISSING_RAY
 
-from gateway_support import PROJECT_ROOT, free_port  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from client.ray_score import MISSING_RAY  # noqa: E402
-
-pytest_plugins = ("gateway_support",)
+pytest_plugins = ("support.gateway",)
 PIPELINE = "multiscale"
 # Ray prints this for every actor pool (ray-project/ray issue 57733: Ray Data's own actor arguments, not ours).
 RAY_NOISE = "has constructor arguments in the object store and max_restarts > 0"

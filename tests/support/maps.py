@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import encode, free_port
-from gateway_support import Gateway, start_gateway
 from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from support.gateway import Gateway, start_gateway
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO = PROJECT_ROOT / "models" / "demo"
 API_KEY = "page-key"
 SPEC = """

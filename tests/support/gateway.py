@@ -1,6 +1,6 @@
 """Start the real gateway (``python -m server.gateway`` under uvicorn) in a subprocess on a free loopback port.
 
-A pytest plugin (``pytest_plugins = ("gateway_support",)`` in a test module) so the session-wide gateway fixture
+A pytest plugin (``pytest_plugins = ("support.gateway",)`` in a test module) so the session-wide gateway fixture
 exists once however many modules use it.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from server.supervisor import terminate
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -68,12 +68,19 @@ def build_vgg11_repository(folder: Path, threads: int) -> Path:
     return repository
 
 
-def gateway_caller(url: str, pipeline: str, data: bytes, top_k: int) -> Callable[[], None]:
-    """The raw image body, as a user of the gateway sends it."""
+def gateway_caller(url: str, pipeline: str, data: bytes, top_k: int,
+                   multipart: bool = False) -> Callable[[], None]:
+    """The raw image body, as a user of the gateway sends it (the raw-body route); or, with ``multipart``, the form
+    field `file` that browsers send (FastAPI's route)."""
     target = urlsplit(url)
     path = f"{target.path.rstrip('/')}/v1/classify?{urlencode({'pipeline': pipeline, 'top_k': top_k})}"
-    return keep_alive_poster(target.hostname or "127.0.0.1", target.port or 80, path, data,
-                             {"content-type": "image/jpeg"}, "gateway")
+    headers = {"content-type": "image/jpeg"}
+    if multipart:
+        boundary = "vgg-bench-boundary"
+        data = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    return keep_alive_poster(target.hostname or "127.0.0.1", target.port or 80, path, data, headers, "gateway")
 
 
 class CpuClock:
@@ -176,14 +183,15 @@ def throughput(make: Callable[[], Callable[[], None]], requests: int, concurrenc
 
 
 def measure(triton_url: str, hops: dict[str, str], pipeline: str, requests: int, concurrency: int, rounds: int,
-            top_k: int, cpu: CpuMeter | None = None) -> dict:
+            top_k: int, cpu: CpuMeter | None = None, multipart: bool = False) -> dict:
     """Direct, then through each hop ({"gateway": url, optionally "bare_proxy": url}), alternating each round."""
     data = photo_jpeg((500, 333))
     cpu = cpu or CpuMeter({}, None)
     makers: dict[str, Callable[[], Callable[[], None]]] = {
         "direct": functools.partial(direct_caller, triton_url, pipeline, data, top_k)}
     for name, url in hops.items():
-        makers[name] = functools.partial(gateway_caller, url, pipeline, data, top_k)
+        makers[name] = functools.partial(gateway_caller, url, pipeline, data, top_k,
+                                         multipart=multipart and name == "gateway")
     lat: dict[str, list[float]] = {name: [] for name in makers}
     thr: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(rounds):
@@ -231,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-pid", type=int, help="measure this Triton's CPU time, with its children")
     parser.add_argument("--bare-proxy", action="store_true",
                         help="also measure bench.bare_proxy, the floor of a Python gateway (see above)")
+    parser.add_argument("--multipart", action="store_true",
+                        help="send the gateway multipart forms (its FastAPI route) instead of raw bodies")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             hop_clocks["bare_proxy"] = CpuClock([proxy.pid])
         cpu = CpuMeter(hop_clocks, CpuClock([triton_pid], tree=True) if triton_pid else None)
         result = measure(triton_url, hops, args.pipeline, args.requests, args.concurrency, args.rounds,
-                         args.top_k, cpu)
+                         args.top_k, cpu, multipart=args.multipart)
     finally:
         for process in (proxy, gateway):
             if process:
@@ -267,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch.cleanup()
     result.update(model="full-size VGG-11" if args.vgg11 else str(args.repository), pipeline=args.pipeline,
                   requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
+                  gateway_body="multipart" if args.multipart else "raw",
                   date=time.strftime("%Y-%m-%d"), machine=machine())
     print(json.dumps(result, indent=2))
     if args.output:

@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     classify_routes = classify.router(services)
     for routes in (classify_routes, pipelines.router(services), health.router(services)):
-        app.include_router(routes)
+        app.router.routes.extend(routes.routes)  # their own routes, complete: include_router would add a lookup
     add_page(app)
     # Outermost last: metrics see every request, including those the raw-body route answers without FastAPI's routing.
     classify_route = next(r for r in classify_routes.routes if getattr(r, "path", None) == "/v1/classify")

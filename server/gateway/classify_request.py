@@ -31,19 +31,16 @@ class ClassifyQuery:
     maps: bool = False
 
 
-def query_dependencies(max_top_k: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """FastAPI dependencies reading the query of `/v1/classify` and of `/v1/classify/batch` (which has no maps)."""
+def pipeline_parameter() -> Any:
+    return Query(None, max_length=MAX_PIPELINE_NAME, description=PIPELINE_HELP)
 
-    async def single(pipeline: str | None = Query(None, max_length=MAX_PIPELINE_NAME, description=PIPELINE_HELP),
-                     top_k: int = Query(DEFAULT_TOP_K, ge=1, le=max_top_k, description=TOP_K_HELP),
-                     maps: bool = Query(False, description=MAPS_HELP)) -> ClassifyQuery:
-        return ClassifyQuery(pipeline, top_k, maps)
 
-    async def batch(pipeline: str | None = Query(None, max_length=MAX_PIPELINE_NAME, description=PIPELINE_HELP),
-                    top_k: int = Query(DEFAULT_TOP_K, ge=1, le=max_top_k, description=TOP_K_HELP)) -> ClassifyQuery:
-        return ClassifyQuery(pipeline, top_k)
+def top_k_parameter(max_top_k: int) -> Any:
+    return Query(DEFAULT_TOP_K, ge=1, le=max_top_k, description=TOP_K_HELP)
 
-    return single, batch
+
+def maps_parameter() -> Any:
+    return Query(False, description=MAPS_HELP)
 
 
 def parse_raw_query(query: bytes, max_top_k: int) -> ClassifyQuery | None:

@@ -10,7 +10,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from server.gateway.classify_request import Admitted, ClassifyQuery, admitted, query_dependencies
+from server.gateway.classify_request import (
+    Admitted,
+    ClassifyQuery,
+    admitted,
+    maps_parameter,
+    pipeline_parameter,
+    top_k_parameter,
+)
 from server.gateway.errors import ApiError
 from server.gateway.schemas import BatchItem, BatchResponse, ClassifyResponse, ErrorBody, error_responses
 from server.gateway.services import Services
@@ -40,25 +47,34 @@ async def refuse_repeated_parameters(request: Request) -> None:
         raise ApiError(422, "invalid_request", f"query parameter {repeated[0][:100]!r} is given more than once")
 
 
-def admission_dependency(services: Services, read_query: Callable[..., Any]) -> Callable[..., Any]:
-    """The request's query, then a slot and its pipeline, held until the route function returns."""
+def admission_dependencies(services: Services) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """FastAPI dependencies for `/v1/classify` and `/v1/classify/batch` (which has no maps): the query read and
+    checked, then a slot and its pipeline, held until the route function returns. One dependency each, declaring
+    the parameters itself: FastAPI validates them all before admitting the request."""
+    max_top_k = services.settings.max_top_k
+    admission, resolve = services.admission, services.classifier.resolve
 
-    reading = Depends(read_query)
+    async def single(request: Request, pipeline: str | None = pipeline_parameter(),
+                     top_k: int = top_k_parameter(max_top_k),
+                     maps: bool = maps_parameter()) -> AsyncIterator[tuple[Admitted, ClassifyQuery]]:
+        async with admitted(admission, resolve, request, pipeline) as slot:
+            yield slot, ClassifyQuery(pipeline, top_k, maps)
 
-    async def admit(request: Request, query: ClassifyQuery = reading) -> AsyncIterator[tuple[Admitted, ClassifyQuery]]:
-        async with admitted(services.admission, services.classifier.resolve, request, query.pipeline) as slot:
-            yield slot, query
+    async def batch(request: Request, pipeline: str | None = pipeline_parameter(),
+                    top_k: int = top_k_parameter(max_top_k)) -> AsyncIterator[tuple[Admitted, ClassifyQuery]]:
+        async with admitted(admission, resolve, request, pipeline) as slot:
+            yield slot, ClassifyQuery(pipeline, top_k)
 
-    return admit
+    return single, batch
 
 
 def router(services: Services) -> APIRouter:
     settings, classifier = services.settings, services.classifier
-    single_query, batch_query = query_dependencies(settings.max_top_k)
+    admit_single, admit_batch = admission_dependencies(services)
     routes = APIRouter(tags=["classify"], responses=ERRORS,
                        dependencies=[Depends(services.check_auth), Depends(refuse_repeated_parameters)])
-    single = Depends(admission_dependency(services, single_query), scope="function")
-    batch = Depends(admission_dependency(services, batch_query), scope="function")
+    single = Depends(admit_single, scope="function")
+    batch = Depends(admit_batch, scope="function")
 
     @routes.post("/v1/classify", response_model=ClassifyResponse, openapi_extra=image_body(many=False),
                  response_model_exclude_none=True)

@@ -15,11 +15,12 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import INPUT, PROBS, SPEC_PARAMETER, image_error
+from client.contract import INPUT, PROBS, SPEC_PARAMETER
 from server.cascade_spec import Cascade, confidence, view_units
 from server.pipeline_spec import Pipeline, View
 from server.pipeline_steps.fuse import fuse
-from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
+from server.pipeline_steps.preprocess import decode_request
+from vgg.imaging import ImageLimits, dense_views, grid_crops, rescale
 
 
 class StepFailed(Exception):
@@ -36,15 +37,9 @@ class TritonPythonModel:
         return list(await asyncio.gather(*(self._one(request) for request in requests)))
 
     async def _one(self, request: object) -> object:
-        data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
-        if data.size != 1:
-            return _error(image_error("invalid_image", f"expected one encoded image per request, got {data.size}"))
-        try:
-            image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
-        except ImageRejected as exc:
-            return _error(str(exc))
-        except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
-            return _error(image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})"))
+        image = decode_request(request, self.limits)
+        if isinstance(image, str):
+            return _error(image)
         rescaled: dict[int, np.ndarray] = {}
         evaluated: dict[tuple, np.ndarray] = {}
         run: list[str] = []

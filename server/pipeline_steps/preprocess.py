@@ -8,12 +8,16 @@ its mirror) and `crops_Q` [grid² (x2), 3, c, c].
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import triton_python_backend_utils as pb_utils
 
 from client.contract import INPUT, SPEC_PARAMETER, image_error
 from server.pipeline_spec import Pipeline
 from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class TritonPythonModel:
@@ -26,15 +30,9 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request: object) -> object:
-        data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
-        if data.size != 1:
-            return _error(image_error("invalid_image", f"expected one encoded image per request, got {data.size}"))
-        try:
-            image = decode_rgb(bytes(data.reshape(-1)[0]), self.limits)
-        except ImageRejected as exc:
-            return _error(str(exc))
-        except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
-            return _error(image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})"))
+        image = decode_request(request, self.limits)
+        if isinstance(image, str):
+            return _error(image)
         pipeline = self.pipeline
         tensors = []
         for q in pipeline.scales:
@@ -45,6 +43,20 @@ class TritonPythonModel:
                 crops = grid_crops(chw, pipeline.crop_size, pipeline.grid, pipeline.flips)
                 tensors.append(pb_utils.Tensor(f"crops_{q}", crops))
         return pb_utils.InferenceResponse(output_tensors=tensors)
+
+def decode_request(request: object, limits: ImageLimits) -> Image.Image | str:
+    """The request's one encoded image decoded within the limits, or the invalid-image message refusing it (the
+    preprocess step and the cascade answer bad input alike)."""
+    data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+    if data.size != 1:
+        return image_error("invalid_image", f"expected one encoded image per request, got {data.size}")
+    try:
+        return decode_rgb(bytes(data.reshape(-1)[0]), limits)
+    except ImageRejected as exc:
+        return str(exc)
+    except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
+        return image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})")
+
 
 def _error(message: str) -> object:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))

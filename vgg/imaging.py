@@ -96,9 +96,16 @@ def rescale(image: Image.Image, q: int) -> np.ndarray:
 
 
 def dense_views(chw: np.ndarray, flips: bool) -> np.ndarray:
-    """The whole rescaled image, and its horizontal mirror when flips are on: [1 or 2, 3, H, W]."""
-    views = [chw, chw[:, :, ::-1]] if flips else [chw]
-    return np.ascontiguousarray(np.stack(views))
+    """The whole rescaled image, and its horizontal mirror when flips are on: [1 or 2, 3, H, W].
+
+    Without flips it is a view of `chw` (no copy of a megabyte-sized tensor on every request)."""
+    chw = np.ascontiguousarray(chw)
+    if not flips:
+        return chw[np.newaxis]
+    views = np.empty((2, *chw.shape), chw.dtype)
+    views[0] = chw
+    views[1] = chw[:, :, ::-1]
+    return views
 
 
 def grid_offsets(length: int, crop: int, grid: int) -> list[int]:

@@ -62,7 +62,8 @@ class TritonPythonModel:
     async def _evaluate(self, stage: Pipeline, image: object, rescaled: dict[int, np.ndarray],
                         evaluated: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
         """The stage's fuse inputs `m{member}_{view}`, running only the rows (a view, or its mirror) that no earlier
-        stage evaluated."""
+        stage evaluated. Each member call goes out as soon as its tensor is ready, so the next view is rescaled while
+        the member computes the last one."""
         wanted, calls = {}, []
         for index, member in enumerate(stage.members):
             for view in stage.views():
@@ -74,9 +75,10 @@ class TritonPythonModel:
                     if len(missing) < len(units):  # one half of [originals; mirrors]
                         half = len(tensor) // len(units)
                         tensor = tensor[missing[0] * half:(missing[0] + 1) * half]
-                    calls.append(([units[i] for i in missing], member, tensor))
-        results = await asyncio.gather(*(self._infer(member, tensor) for _, member, tensor in calls))
-        for (units, _, _), probs in zip(calls, results, strict=True):
+                    calls.append(([units[i] for i in missing], asyncio.ensure_future(self._infer(member, tensor))))
+                    await asyncio.sleep(0)  # let the call go out before the next rescale
+        results = await asyncio.gather(*(call for _, call in calls))
+        for (units, _), probs in zip(calls, results, strict=True):
             for unit, rows in zip(units, np.split(probs, len(units)), strict=True):
                 evaluated[unit] = rows
         return {name: np.concatenate([evaluated[unit] for unit in units]) for name, units in wanted.items()}

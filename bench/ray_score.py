@@ -1,15 +1,17 @@
 """Batch scoring on Ray Data against the plain client, side by side in one run, and where each one's time goes.
 
-    python -m bench.ray_score [--pipeline fast] [--images 300] [--concurrency 8] [--rounds 2]
+    python -m bench.ray_score [--nets demo|full] [--pipeline fast] [--images N] [--concurrency 8] [--rounds 2]
 
-Serves pipelines.toml (the demo nets) with Triton and the gateway on loopback and scores one folder of JPEGs,
+Serves pipelines.toml (`--nets demo`, the demo nets: serving costs milliseconds per image, so the client side's
+cost shows most) or a `fast` pipeline of full-size VGG-11 (`--nets full`, random weights, as the nets a batch job
+scores with) with Triton and the gateway on loopback and scores one folder of JPEGs,
 alternating in each round: the plain `python -m client score` and `python -m client score --ray` (a new local Ray
 cluster, as a user runs it), both end to end as subprocesses; then, inside this process, `Client.score` and a
 RayJob already connected to a cluster, for several actors x per-actor concurrency, with the actor pool's
 start-up (time to the first row) split from its steady rate. For every run it records the CPU seconds per image
 spent by Triton, the gateway, the scoring client and Ray's own processes (raylet, GCS, workers), read from /proc:
 on a small machine every CPU second the client side spends is one Triton does not get.
-Writes bench/results/ray.md.
+Writes bench/results/ray.md (demo) or bench/results/ray_full_size.md (full).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.build import export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, publish, start_gateway
 from client.errors import ClientError
 from client.output import result_row
@@ -74,6 +77,9 @@ def cpu_of(pid: int) -> float | None:
 
 
 GROUPS = ("triton", "gateway", "client", "ray")
+NETS = {"demo": "pipelines.toml (demo nets)",
+        "full": "full-size VGG-11 (random weights, Q=224, 2 intra-op threads; exported by export/to_onnx.py)"}
+DEFAULT_IMAGES = {"demo": 1000, "full": 240}
 
 
 class CpuMeter:
@@ -228,7 +234,7 @@ def plain_rows(client: Any, folder: Path, concurrency: int, pipeline: str) -> It
 def report(args: argparse.Namespace, end_to_end: list[Run], in_process: list[Run], init_s: list[float],
            first_job_s: list[float], idle: list[dict[str, float]]) -> str:
     lines = [f"# Ray Data batch scoring vs the plain client, {datetime.date.today().isoformat()}", "",
-             f"Machine: {machine()}. Pipeline `{args.pipeline}` of pipelines.toml (demo nets) on Triton + gateway "
+             f"Machine: {machine()}. Pipeline `{args.pipeline}` of {NETS[args.nets]} on Triton + gateway "
              f"over loopback, a folder of {args.images} copies of a 500x333 JPEG, {args.rounds} rounds, each running "
              "every variant in turn (medians shown). Ray 2.60, single node, actors of 0.25 CPU. CPU columns: CPU "
              "seconds per 1000 images, from /proc, of Triton (with its Python stubs), the gateway, the scoring client "
@@ -277,12 +283,16 @@ def report(args: argparse.Namespace, end_to_end: list[Run], in_process: list[Run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", choices=sorted(NETS), default="demo", help="what Triton serves")
     parser.add_argument("--pipeline", default="fast")
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, help="images scored per run (default: 1000 demo, 240 full)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight, plain and Ray alike")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ray.md")
+    parser.add_argument("--out", type=Path, help="default: bench/results/ray.md (demo), ray_full_size.md (full)")
     args = parser.parse_args(argv)
+    args.images = args.images or DEFAULT_IMAGES[args.nets]
+    results = ROOT / "bench" / "results"
+    args.out = args.out or (results / "ray.md" if args.nets == "demo" else results / "ray_full_size.md")
 
     from client import Client
     from server.pipeline_spec import load_spec
@@ -294,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(f"1 actor x {c}", 1, c, 2, False), (f"1 actor x {c}, one block at a time", 1, c, 1, False),
                 (f"2 actors x {max(1, c // 2)}", 2, max(1, c // 2), 2, False), (f"{c} actors x 1", c, 1, 2, False),
                 (f"1 actor x {c}, bytes read by Ray Data (read_binary_files)", 1, c, 2, True)]
+    if args.nets == "full":  # the designs not taken were measured on the demo nets, where they show most
+        variants = variants[:1] + variants[2:3]
     end_to_end = [Run(f"`client score`, concurrency {c}"),
                   Run(f"`client score --ray` (a new local cluster), 1 actor x {c}"),
                   Run(f"`client score --ray --ray-address` (a running cluster), 1 actor x {c}")]
@@ -305,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     image = photo_jpeg((500, 333))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        generate(load_spec(ROOT / "pipelines.toml"), folder / "repository")
+        if args.nets == "full":
+            checkpoint = random_checkpoints(folder, {"vgg11": "A"})["vgg11"]
+            export(checkpoint, folder / "repository", "vgg11", 2)
+            (folder / "spec.toml").write_text(f'[pipelines.{args.pipeline}]\nmembers = ["vgg11"]\nscales = [224]\n')
+            generate(load_spec(folder / "spec.toml"), folder / "repository")
+        else:
+            generate(load_spec(ROOT / "pipelines.toml"), folder / "repository")
         images = folder / "images"
         images.mkdir()
         for index in range(args.images):

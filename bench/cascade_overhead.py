@@ -101,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             bare_runs: dict[str, list[list[float]]] = {name: [] for name in sessions}
             served_runs = []
             stats = httpclient.InferenceServerClient(url.removeprefix("http://"))
-            before = compute_ms(stats)
+            before = compute_ms(stats, member="vgg11")
             for _ in range(args.repeats):
                 for index, (name, run) in enumerate(sessions.items()):  # the served settings first
                     bare_runs[name].append([timed_ms(run, view) for view in views])
                     if index == 0:
                         served_runs.append(timed_ms(escalating))
                 time.sleep(SETTLE_S)
-            inside = {model: (ms - before.get(model, 0.0)) / args.repeats for model, ms in compute_ms(stats).items()}
+            after = compute_ms(stats, member="vgg11")
+            inside = {model: (ms - before.get(model, 0.0)) / args.repeats for model, ms in after.items()}
     latency["cascade_last"] = statistics.median(served_runs)
     ratios = [c / f for c, f in zip(speed["cascade_first"], speed["fast"], strict=True)]
     lines = [
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# Spinning threads go on spinning after their run and load whatever runs next (a served request right after them
-# measured 1.13x the bare views instead of 1.03x): each round ends with them and a pause.
+# Spinning threads go on spinning after their run and load whatever runs next (bench/results/cascade_overhead.md):
+# each round ends with them and a pause.
 SETTLE_S = 0.5
 
 
@@ -175,12 +176,12 @@ def bare_sessions(model_dir: Path, threads: int) -> dict[str, Callable[[np.ndarr
             "onnxruntime's defaults (threads spinning)": lambda view: defaults.run(["probs"], {"image": view})}
 
 
-def compute_ms(client: httpclient.InferenceServerClient) -> dict[str, float]:
+def compute_ms(client: httpclient.InferenceServerClient, member: str) -> dict[str, float]:
     """Each model's summed time so far in Triton's statistics: the member's `compute_infer` (its onnxruntime runs),
     and for the others their whole successful requests."""
     totals = {}
     for model in client.get_inference_statistics()["model_stats"]:
-        kind = "compute_infer" if model["name"] == "vgg11" else "success"
+        kind = "compute_infer" if model["name"] == member else "success"
         totals[model["name"]] = totals.get(model["name"], 0.0) + int(model["inference_stats"][kind]["ns"]) / 1e6
     return totals
 

@@ -1,15 +1,17 @@
 """The cascade's own cost on a full-size net, with the path fixed by the threshold (random weights: their posteriors
 say nothing, so τ = 0 always stops at stage 1 and τ = 1 always runs every stage).
 
-    python -m bench.cascade_overhead [--repeats 11] [--clients 4] [--threads 2]
+    python -m bench.cascade_overhead [--repeats 21] [--warmup-rounds 3] [--clients 4] [--threads 2]
 
 Full-size VGG-11 (configuration A, random weights), exported by the project's exporter; stage 1 `fast` (Q=224),
 stage 2 `multiscale` (Q=224, 256, 288, dense; its Q=224 view is stage 1's, reused). Measured side by side in one run:
 images/s of `fast` against the cascade with τ = 0 (concurrent clients, two rounds), and one-at-a-time latency of the
 cascade with τ = 1 against the summed bare onnxruntime time of the views it runs (each view once), bare and served
-runs alternating so that both meet the same load on a shared machine. Bare means the same ONNX file in this process,
-opened twice: with the session settings of the served config (what the goal compares: the cascade's own overhead)
-and with onnxruntime's defaults (threads spinning), so that the cost of the served settings shows too.
+runs taking turns in each round so that both meet the same load on a shared machine; Triton's statistics for each
+escalating request split it into the member's compute and the cascade's own part. Bare means the same ONNX file
+in this process, opened twice: with the session settings of the served config (what the goal compares: the
+cascade's own overhead) and with onnxruntime's defaults (threads spinning), so that the cost of the served settings
+shows too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bench.build import export, random_checkpoints
 from bench.cascade_bench import images_per_s
-from bench.common import free_port, machine, median_ms, photo_jpeg, publish
+from bench.common import free_port, machine, photo_jpeg, publish
 from bench.served import direct_caller
 from client.contract import CASCADE_OUTPUTS
 from server.pipeline_spec import load_spec
@@ -63,14 +66,17 @@ thresholds = [1.0]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cascade_overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=11, help="one-at-a-time requests per latency figure")
+    parser.add_argument("--repeats", type=int, default=21, help="measured rounds (one-at-a-time requests)")
+    parser.add_argument("--warmup-rounds", type=int, default=3,
+                        help="rounds run first and not measured (start-up outliers: bench/results)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=6, help="requests per client for images/s")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, bare and served")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cascade_overhead.md")
     args = parser.parse_args(argv)
-    if min(args.repeats, args.clients, args.requests, args.threads) < 1:
-        print("cascade_overhead: error: --repeats, --clients, --requests and --threads must be at least 1",
+    if min(args.repeats, args.clients, args.requests, args.threads) < 1 or args.warmup_rounds < 0:
+        print("cascade_overhead: error: --repeats, --clients, --requests and --threads must be at least 1, "
+              "--warmup-rounds at least 0",
               file=sys.stderr)
         return 2
     jpeg = photo_jpeg()
@@ -91,66 +97,97 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     extra = CASCADE_OUTPUTS if name.startswith("cascade") else ()
                     speed[name].append(images_per_s(url, name, [jpeg] * args.requests, args.clients, extra))
-            latency = {name: median_ms(direct_caller(url, name, jpeg, 5), args.repeats)
-                       for name in ("fast", "multiscale")}
-            escalating = direct_caller(url, "cascade_last", jpeg, 5)
-            escalating()
-            for run in sessions.values():
-                for view in views:
-                    run(view)
-            bare_runs: dict[str, list[list[float]]] = {name: [] for name in sessions}
-            served_runs = []
-            stats = httpclient.InferenceServerClient(url.removeprefix("http://"))
-            before = compute_ms(stats, member="vgg11")
-            for _ in range(args.repeats):
-                for index, (name, run) in enumerate(sessions.items()):  # the served settings first
-                    bare_runs[name].append([timed_ms(run, view) for view in views])
-                    if index == 0:
-                        served_runs.append(timed_ms(escalating))
-                time.sleep(SETTLE_S)
-            after = compute_ms(stats, member="vgg11")
-            inside = {model: (ms - before.get(model, 0.0)) / args.repeats for model, ms in after.items()}
-    latency["cascade_last"] = statistics.median(served_runs)
+            rounds = alternating_rounds(url, sessions, views, jpeg, args.warmup_rounds, args.repeats)
     ratios = [c / f for c, f in zip(speed["cascade_first"], speed["fast"], strict=True)]
     lines = [
         f"# Cascade overhead on a full-size net, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", "",
         f"Machine: {machine()}. Full-size VGG-11 (random weights), onnxruntime {ort.__version__}, {args.threads} "
         f"intra-op threads bare and served; one 640x427 JPEG photo. Stage 1 `fast` (Q=224), stage 2 `multiscale` "
         f"(Q={list(STAGE2_SCALES)}, dense). Images/s: {args.clients} clients x {args.requests} requests, two "
-        f"rounds in opposite order; latency: median of {args.repeats} after a warm-up, the bare sessions' runs "
-        f"alternating with the cascade's requests so that all meet the same load on a shared machine (ratios: the "
-        f"median of the {args.repeats} rounds').", "",
+        f"rounds in opposite order; latency: median of {args.repeats} rounds after {args.warmup_rounds} unmeasured "
+        f"ones, the bare sessions' runs taking turns with the served pipelines' requests in each round so that all "
+        f"meet the same load on a shared machine (ratios: the median of the {args.repeats} rounds').", "",
         "| what | figure | ratio |", "|---|---:|---|",
         f"| `fast` images/s | {' / '.join(f'{v:.2f}' for v in speed['fast'])} | |",
         f"| cascade τ = 0 (always stops at `fast`) images/s | "
         f"{' / '.join(f'{v:.2f}' for v in speed['cascade_first'])} | "
         f"{' / '.join(f'{r:.3f}x' for r in ratios)} `fast` (goal ≥ 0.95x) |",
-        f"| cascade τ = 1 (`fast`, then `multiscale` reusing Q=224), ms | {latency['cascade_last']:.1f} | |",
+        f"| cascade τ = 1 (`fast`, then `multiscale` reusing Q=224), ms | "
+        f"{statistics.median(rounds.served['cascade_last']):.1f} | |",
     ]
-    member, cascade = inside["vgg11"], inside["cascade_last"]
+    member, cascade = rounds.inside["vgg11"], rounds.inside["cascade_last"]
+    own = [c / m for c, m in zip(cascade, member, strict=True)]
     lines += [
         f"| cascade τ = 1 inside Triton (its statistics, per request): the member's compute (the views' onnxruntime "
-        f"runs), ms | {member:.1f} | |",
-        f"| the cascade model's time (decoding, rescaling, its calls to the member, fusing), ms | {cascade:.1f} | "
-        f"{cascade / member:.3f}x the member's compute |",
-        f"| the request as this client timed it, ms | {statistics.mean(served_runs):.1f} (mean) | "
-        f"{statistics.mean(served_runs) / member:.3f}x the member's compute |",
+        f"runs), ms | {statistics.median(member):.1f} | |",
+        f"| the cascade model's time (decoding, rescaling, its calls to the member, fusing), ms | "
+        f"{statistics.median(cascade):.1f} | {statistics.median(own):.3f}x the member's compute (the cascade's own "
+        f"part; rounds {listed(own)}) |",
     ]
-    for name, runs in bare_runs.items():
+    for name, runs in rounds.bare.items():
         summed = [sum(run) for run in runs]
         per_view = [statistics.median(run[i] for run in runs) for i in range(len(views))]
-        rounds = [served / bare for served, bare in zip(served_runs, summed, strict=True)]
+
+        def against(served: list[float], bare: list[float] = summed) -> list[float]:
+            return [s / b for s, b in zip(served, bare, strict=True)]
+
+        escalated = against(rounds.served["cascade_last"])
         lines += [
             f"| bare onnxruntime, {name}: the views at Q={list(STAGE2_SCALES)} once each, summed ms | "
             f"{statistics.median(summed):.1f} | ({', '.join(f'{b:.1f}' for b in per_view)}) |",
-            f"| cascade τ = 1 against it | | {statistics.median(rounds):.3f}x (goal ≤ 1.05x; rounds "
-            f"{', '.join(f'{r:.3f}' for r in rounds)}) |",
-            f"| `multiscale` alone against it, ms | {latency['multiscale']:.1f} | "
-            f"{latency['multiscale'] / statistics.median(summed):.3f}x |",
-            f"| `fast` alone against its view, ms | {latency['fast']:.1f} | {latency['fast'] / per_view[0]:.3f}x |",
+            f"| cascade τ = 1 against it | | {statistics.median(escalated):.3f}x (goal ≤ 1.05x; rounds "
+            f"{listed(escalated)}) |",
+            f"| the member's compute inside the cascade against it | | {statistics.median(against(member)):.3f}x |",
+            f"| `multiscale` alone against it, ms | {statistics.median(rounds.served['multiscale']):.1f} | "
+            f"{statistics.median(against(rounds.served['multiscale'])):.3f}x |",
+            f"| `fast` alone against its view, ms | {statistics.median(rounds.served['fast']):.1f} | "
+            f"{statistics.median(against(rounds.served['fast'], [run[0] for run in runs])):.3f}x |",
         ]
     publish("\n".join(lines) + "\n", args.out)
     return 0
+
+
+@dataclass
+class Rounds:
+    """Per measured round: each bare session's view times, each served pipeline's request time, and Triton's
+    statistics for the cascade's request (the member's compute, the cascade model's time)."""
+
+    bare: dict[str, list[list[float]]]
+    served: dict[str, list[float]]
+    inside: dict[str, list[float]]
+
+
+def alternating_rounds(url: str, sessions: dict[str, Callable[[np.ndarray], object]], views: list[np.ndarray],
+                       jpeg: bytes, warmup: int, repeats: int) -> Rounds:
+    """Bare and served runs take turns within each round, so that a drift of the shared machine's speed meets both;
+    the first `warmup` rounds are run and dropped."""
+    callers = {name: direct_caller(url, name, jpeg, 5) for name in ("cascade_last", "multiscale", "fast")}
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    rounds = Rounds({name: [] for name in sessions}, {name: [] for name in callers}, {"vgg11": [], "cascade_last": []})
+    for index in range(warmup + repeats):
+        measured = index >= warmup
+        for session_index, (name, run) in enumerate(sessions.items()):  # the served settings first
+            times = [timed_ms(run, view) for view in views]
+            if measured:
+                rounds.bare[name].append(times)
+            if session_index:
+                continue
+            before = statistics_ms(client, "vgg11")
+            for pipeline, call in callers.items():
+                served = timed_ms(call)
+                if pipeline == "cascade_last":
+                    after = statistics_after(client, "vgg11", before, pipeline, len(views))
+                if measured:
+                    rounds.served[pipeline].append(served)
+            if measured:
+                for model, ms in rounds.inside.items():
+                    ms.append(after[model][0] - before[model][0])
+        time.sleep(SETTLE_S)
+    return rounds
+
+
+def listed(ratios: list[float]) -> str:
+    return ", ".join(f"{r:.3f}" for r in ratios)
 
 
 # Spinning threads go on spinning after their run and load whatever runs next (bench/results/cascade_overhead.md):
@@ -176,14 +213,29 @@ def bare_sessions(model_dir: Path, threads: int) -> dict[str, Callable[[np.ndarr
             "onnxruntime's defaults (threads spinning)": lambda view: defaults.run(["probs"], {"image": view})}
 
 
-def compute_ms(client: httpclient.InferenceServerClient, member: str) -> dict[str, float]:
-    """Each model's summed time so far in Triton's statistics: the member's `compute_infer` (its onnxruntime runs),
-    and for the others their whole successful requests."""
-    totals = {}
+def statistics_ms(client: httpclient.InferenceServerClient, member: str) -> dict[str, tuple[float, int]]:
+    """Each model's (summed ms, count) so far in Triton's statistics: the member's `compute_infer` (its onnxruntime
+    runs), and for the others their whole successful requests."""
+    totals: dict[str, tuple[float, int]] = {}
     for model in client.get_inference_statistics()["model_stats"]:
-        kind = "compute_infer" if model["name"] == member else "success"
-        totals[model["name"]] = totals.get(model["name"], 0.0) + int(model["inference_stats"][kind]["ns"]) / 1e6
+        kind = model["inference_stats"]["compute_infer" if model["name"] == member else "success"]
+        ms, count = totals.get(model["name"], (0.0, 0))
+        totals[model["name"]] = (ms + int(kind["ns"]) / 1e6, count + int(kind["count"]))
     return totals
+
+
+def statistics_after(client: httpclient.InferenceServerClient, member: str, before: dict[str, tuple[float, int]],
+                     model: str, member_calls: int) -> dict[str, tuple[float, int]]:
+    """The statistics once one more request of `model` and its member calls show in them: Triton records a request
+    after sending its response, so a read right after the response may miss it."""
+    deadline = time.monotonic() + 5
+    while True:
+        totals = statistics_ms(client, member)
+        if totals[model][1] > before[model][1] and totals[member][1] >= before[member][1] + member_calls:
+            return totals
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Triton's statistics did not count the {model} request within 5 s")
+        time.sleep(0.001)
 
 
 def timed_ms(call: Callable[..., object], *args: object) -> float:

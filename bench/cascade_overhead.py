@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(rounds.served['cascade_last']):.1f} | |",
     ]
     member, cascade = rounds.inside["vgg11"], rounds.inside["cascade_last"]
-    own = [c / m for c, m in zip(cascade, member, strict=True)]
+    own = per_round(cascade, member)
     lines += [
         f"| cascade τ = 1 inside Triton (its statistics, per request): the member's compute (the views' onnxruntime "
         f"runs), ms | {statistics.median(member):.1f} | |",
@@ -127,21 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in rounds.bare.items():
         summed = [sum(run) for run in runs]
         per_view = [statistics.median(run[i] for run in runs) for i in range(len(views))]
-
-        def against(served: list[float], bare: list[float] = summed) -> list[float]:
-            return [s / b for s, b in zip(served, bare, strict=True)]
-
-        escalated = against(rounds.served["cascade_last"])
+        escalated = per_round(rounds.served["cascade_last"], summed)
         lines += [
             f"| bare onnxruntime, {name}: the views at Q={list(STAGE2_SCALES)} once each, summed ms | "
             f"{statistics.median(summed):.1f} | ({', '.join(f'{b:.1f}' for b in per_view)}) |",
             f"| cascade τ = 1 against it | | {statistics.median(escalated):.3f}x (goal ≤ 1.05x; rounds "
             f"{listed(escalated)}) |",
-            f"| the member's compute inside the cascade against it | | {statistics.median(against(member)):.3f}x |",
+            f"| the member's compute inside the cascade against it | | "
+            f"{statistics.median(per_round(member, summed)):.3f}x |",
             f"| `multiscale` alone against it, ms | {statistics.median(rounds.served['multiscale']):.1f} | "
-            f"{statistics.median(against(rounds.served['multiscale'])):.3f}x |",
+            f"{statistics.median(per_round(rounds.served['multiscale'], summed)):.3f}x |",
             f"| `fast` alone against its view, ms | {statistics.median(rounds.served['fast']):.1f} | "
-            f"{statistics.median(against(rounds.served['fast'], [run[0] for run in runs])):.3f}x |",
+            f"{statistics.median(per_round(rounds.served['fast'], [run[0] for run in runs])):.3f}x |",
         ]
     publish("\n".join(lines) + "\n", args.out)
     return 0
@@ -184,6 +181,10 @@ def alternating_rounds(url: str, sessions: dict[str, Callable[[np.ndarray], obje
                     ms.append(after[model][0] - before[model][0])
         time.sleep(SETTLE_S)
     return rounds
+
+
+def per_round(served: list[float], bare: list[float]) -> list[float]:
+    return [s / b for s, b in zip(served, bare, strict=True)]
 
 
 def listed(ratios: list[float]) -> str:

@@ -5,13 +5,13 @@ say nothing, so τ = 0 always stops at stage 1 and τ = 1 always runs every stag
 
 Full-size VGG-11 (configuration A, random weights), exported by the project's exporter; stage 1 `fast` (Q=224),
 stage 2 `multiscale` (Q=224, 256, 288, dense; its Q=224 view is stage 1's, reused). Measured side by side in one run:
-images/s of `fast` against the cascade with τ = 0 (concurrent clients, two rounds), and one-at-a-time latency of the
-cascade with τ = 1 against the summed bare onnxruntime time of the views it runs (each view once), bare and served
-runs taking turns in each round so that both meet the same load on a shared machine; Triton's statistics for each
-escalating request split it into the member's compute and the cascade's own part. Bare means the same ONNX file
-in this process, opened twice: with the session settings of the served config (what the goal compares: the
-cascade's own overhead) and with onnxruntime's defaults (threads spinning), so that the cost of the served settings
-shows too.
+images/s of `fast` against the cascade with τ = 0 (concurrent clients, rounds in alternating order), and
+one-at-a-time latency of the cascade with τ = 1 against the summed bare onnxruntime time of the views it runs (each
+view once), bare and served runs taking turns in each round so that both meet the same load on a shared machine;
+Triton's statistics for each escalating request split it into the member's compute and the cascade's own part. Bare
+means the same ONNX file in this process, opened twice: with the session settings of the served config (what the
+goal compares: the cascade's own overhead) and with onnxruntime's defaults (threads spinning), so that the cost of
+the served settings shows too.
 """
 
 from __future__ import annotations
@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-rounds", type=int, default=3,
                         help="rounds run first and not measured (start-up outliers: bench/results)")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=6, help="requests per client for images/s")
+    parser.add_argument("--requests", type=int, default=16, help="requests per client for images/s")
+    parser.add_argument("--speed-rounds", type=int, default=2,
+                        help="pairs of images/s rounds (`fast` first, then the cascade first)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, bare and served")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cascade_overhead.md")
     args = parser.parse_args(argv)
-    if min(args.repeats, args.clients, args.requests, args.threads) < 1 or args.warmup_rounds < 0:
-        print("cascade_overhead: error: --repeats, --clients, --requests and --threads must be at least 1, "
-              "--warmup-rounds at least 0",
-              file=sys.stderr)
+    if min(args.repeats, args.clients, args.requests, args.speed_rounds, args.threads) < 1 or args.warmup_rounds < 0:
+        print("cascade_overhead: error: --repeats, --clients, --requests, --speed-rounds and --threads must be at "
+              "least 1, --warmup-rounds at least 0", file=sys.stderr)
         return 2
     jpeg = photo_jpeg()
     image = decode_rgb(jpeg, ImageLimits())
@@ -93,25 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log") as triton:
             url = triton.http_url
             speed: dict[str, list[float]] = {"fast": [], "cascade_first": []}
-            for order in (("fast", "cascade_first"), ("cascade_first", "fast")):
+            for order in (("fast", "cascade_first"), ("cascade_first", "fast")) * args.speed_rounds:
                 for name in order:
                     extra = CASCADE_OUTPUTS if name.startswith("cascade") else ()
                     speed[name].append(images_per_s(url, name, [jpeg] * args.requests, args.clients, extra))
             rounds = alternating_rounds(url, sessions, views, jpeg, args.warmup_rounds, args.repeats)
-    ratios = [c / f for c, f in zip(speed["cascade_first"], speed["fast"], strict=True)]
+    ratios = per_round(speed["cascade_first"], speed["fast"])
     lines = [
         f"# Cascade overhead on a full-size net, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", "",
         f"Machine: {machine()}. Full-size VGG-11 (random weights), onnxruntime {ort.__version__}, {args.threads} "
         f"intra-op threads bare and served; one 640x427 JPEG photo. Stage 1 `fast` (Q=224), stage 2 `multiscale` "
-        f"(Q={list(STAGE2_SCALES)}, dense). Images/s: {args.clients} clients x {args.requests} requests, two "
-        f"rounds in opposite order; latency: median of {args.repeats} rounds after {args.warmup_rounds} unmeasured "
+        f"(Q={list(STAGE2_SCALES)}, dense). Images/s: {args.clients} clients x {args.requests} requests, "
+        f"{2 * args.speed_rounds} rounds in alternating order (ratio: the geometric mean of the rounds'); "
+        f"latency: median of {args.repeats} rounds after {args.warmup_rounds} unmeasured "
         f"ones, the bare sessions' runs taking turns with the served pipelines' requests in each round so that all "
         f"meet the same load on a shared machine (ratios: the median of the {args.repeats} rounds').", "",
         "| what | figure | ratio |", "|---|---:|---|",
         f"| `fast` images/s | {' / '.join(f'{v:.2f}' for v in speed['fast'])} | |",
         f"| cascade τ = 0 (always stops at `fast`) images/s | "
         f"{' / '.join(f'{v:.2f}' for v in speed['cascade_first'])} | "
-        f"{' / '.join(f'{r:.3f}x' for r in ratios)} `fast` (goal ≥ 0.95x) |",
+        f"{statistics.geometric_mean(ratios):.3f}x `fast` (goal ≥ 0.95x; rounds {listed(ratios)}) |",
         f"| cascade τ = 1 (`fast`, then `multiscale` reusing Q=224), ms | "
         f"{statistics.median(rounds.served['cascade_last']):.1f} | |",
     ]

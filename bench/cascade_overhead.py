@@ -44,14 +44,15 @@ from vgg.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from vgg.runtimes import OnnxRuntimeRunner, SessionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+MEMBER = "vgg11"
 STAGE2_SCALES = (224, 256, 288)
 SPEC = f"""
 [pipelines.fast]
-members = ["vgg11"]
+members = ["{MEMBER}"]
 scales = [224]
 
 [pipelines.multiscale]
-members = ["vgg11"]
+members = ["{MEMBER}"]
 scales = {list(STAGE2_SCALES)}
 
 [pipelines.cascade_first]
@@ -85,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         repository = folder / "repository"
-        checkpoint = random_checkpoints(folder, {"vgg11": "A"})["vgg11"]
-        export(checkpoint, repository, "vgg11", args.threads)
+        checkpoint = random_checkpoints(folder, {MEMBER: "A"})[MEMBER]
+        export(checkpoint, repository, MEMBER, args.threads)
         (folder / "spec.toml").write_text(SPEC)
         generate(load_spec(folder / "spec.toml"), repository)
         views = [dense_views(rescale(image, q), flips=False) for q in STAGE2_SCALES]
-        sessions = bare_sessions(repository / "vgg11", args.threads)
+        sessions = bare_sessions(repository / MEMBER, args.threads)
         with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log") as triton:
             url = triton.http_url
             speed: dict[str, list[float]] = {"fast": [], "cascade_first": []}
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| cascade τ = 1 (`fast`, then `multiscale` reusing Q=224), ms | "
         f"{statistics.median(rounds.served['cascade_last']):.1f} | |",
     ]
-    member, cascade = rounds.inside["vgg11"], rounds.inside["cascade_last"]
+    member, cascade = rounds.inside[MEMBER], rounds.inside["cascade_last"]
     own = per_round(cascade, member)
     lines += [
         f"| cascade τ = 1 inside Triton (its statistics, per request): the member's compute (the views' onnxruntime "
@@ -159,28 +160,28 @@ class Rounds:
 def alternating_rounds(url: str, sessions: dict[str, Callable[[np.ndarray], object]], views: list[np.ndarray],
                        jpeg: bytes, warmup: int, repeats: int) -> Rounds:
     """Bare and served runs take turns within each round, so that a drift of the shared machine's speed meets both;
-    the first `warmup` rounds are run and dropped."""
-    callers = {name: direct_caller(url, name, jpeg, 5) for name in ("cascade_last", "multiscale", "fast")}
+    the first `warmup` rounds are run and dropped. Order in a round: the served settings' bare runs, the escalating
+    cascade (Triton's statistics read around it), `multiscale` and `fast`, then the spinning bare session."""
+    (first, run_first), *spinning = sessions.items()
+    escalating = direct_caller(url, "cascade_last", jpeg, 5)
+    others = {name: direct_caller(url, name, jpeg, 5) for name in ("multiscale", "fast")}
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-    rounds = Rounds({name: [] for name in sessions}, {name: [] for name in callers}, {"vgg11": [], "cascade_last": []})
+    rounds = Rounds({name: [] for name in sessions}, {name: [] for name in ("cascade_last", *others)},
+                    {MEMBER: [], "cascade_last": []})
     for index in range(warmup + repeats):
-        measured = index >= warmup
-        for session_index, (name, run) in enumerate(sessions.items()):  # the served settings first
-            times = [timed_ms(run, view) for view in views]
-            if measured:
+        bare = {first: [timed_ms(run_first, view) for view in views]}
+        before = statistics_ms(client, MEMBER)
+        served = {"cascade_last": timed_ms(escalating)}
+        after = statistics_after(client, MEMBER, before, "cascade_last", len(views))
+        served.update({name: timed_ms(call) for name, call in others.items()})
+        bare.update({name: [timed_ms(run, view) for view in views] for name, run in spinning})
+        if index >= warmup:
+            for name, times in bare.items():
                 rounds.bare[name].append(times)
-            if session_index:
-                continue
-            before = statistics_ms(client, "vgg11")
-            for pipeline, call in callers.items():
-                served = timed_ms(call)
-                if pipeline == "cascade_last":
-                    after = statistics_after(client, "vgg11", before, pipeline, len(views))
-                if measured:
-                    rounds.served[pipeline].append(served)
-            if measured:
-                for model, ms in rounds.inside.items():
-                    ms.append(after[model][0] - before[model][0])
+            for name, ms in served.items():
+                rounds.served[name].append(ms)
+            for model, ms in rounds.inside.items():
+                ms.append(after[model][0] - before[model][0])
         time.sleep(SETTLE_S)
     return rounds
 

@@ -5,15 +5,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 
-.PHONY: install test test-fast lint lock serve repository bench clean browser
+.PHONY: install test test-fast lint lock serve repository bench clean browser docker-engine image compose-up compose-down
 
-install: $(STAMP) browser
+install: $(STAMP)
 
-# Debian's Chromium for the page's browser tests (Playwright drives it; its own browser download is not used).
+# System packages, each installed by the target that needs it (as root, with apt-get), never by `install`:
+# Debian's Chromium for the page's browser tests (Playwright drives it; its own browser download is not used),
+# and a Docker engine (Debian's docker.io, dockerd started when none answers) for the image and its tests.
 CHROMIUM ?= /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium (apt-get)"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+docker-engine: install
+	$(PY) -m deploy.image engine
 
 # Re-installs whenever the pinned requirements or the project metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -33,12 +38,13 @@ lock: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+# Everything, the browser and container tests included (`pytest -m "not container"` leaves Docker out).
+test: install lint browser docker-engine
 	$(PY) -m pytest
 
-# The unit tests only: no Triton, no gateway, no full-size nets (under a minute).
+# The unit tests only: no Triton, no gateway, no containers, no browser, no full-size nets (under a minute).
 test-fast: install lint
-	$(PY) -m pytest -m "not integration and not slow"
+	$(PY) -m pytest -m "not integration and not slow and not container"
 
 # Exports the demo models that the repository lacks and (re)generates the pipelines from pipelines.toml.
 repository: install
@@ -47,6 +53,23 @@ repository: install
 # Triton on 127.0.0.1:8000 (HTTP) / 8001 (gRPC) / 8002 (metrics), the gateway on 127.0.0.1:8080.
 serve: repository
 	$(PY) -m server.serve --repository $(REPOSITORY)
+
+# The CPU image (Dockerfile.cpu), tagged vgg-serve-cpu:latest and :<version>: the pinned wheels downloaded here,
+# the default repository, the official Python base or, where it can't be pulled, a stand-in from Debian's packages.
+image: docker-engine
+	$(PY) -m deploy.image build
+
+# Triton replicas and the gateway as separate containers from that image (compose.yaml); the gateway on
+# 127.0.0.1:8080. Debian's docker-compose where `docker compose` is missing.
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+compose-up: image
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }
+	deploy/compose-secrets.sh
+	$(COMPOSE) up --detach --wait
+
+compose-down:
+	$(COMPOSE) down --volumes --remove-orphans
 
 # Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, instances x
 # threads under load, the gateway vs direct Triton (and vs a bare forwarder) on the demo net and on a full-size

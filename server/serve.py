@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from server.gateway.config import ConfigError, load_settings
 from server.supervisor import GaveUp, Supervised, terminate
 from server.triton_access import KEY_ENV, KEY_FILE_ENV
 from server.triton_launcher import (
@@ -32,6 +33,7 @@ from server.triton_launcher import (
 )
 
 GATEWAY_START_S = 30.0
+STOP_BUDGET_S = 8.0  # under Docker's default 10 s between SIGTERM and SIGKILL (Kubernetes gives 30 s)
 
 
 def supervised(server: TritonServer, stop: StopRequest) -> Supervised:
@@ -51,6 +53,14 @@ class GatewayProcess:
         self.health_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/healthz"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def check_config(self) -> None:
+        """The gateway's own refusals (no API keys on a public address, unreadable key files, bad settings), in a
+        millisecond here rather than after Triton has loaded every model."""
+        try:
+            load_settings(self.command[3:], self.env)
+        except (ConfigError, OSError) as exc:
+            raise LaunchError(f"gateway: {exc}") from None
+
     def start(self) -> None:
         """Started once it answers /healthz; LaunchError if it exits first (its own message is on stderr)."""
         self.process = subprocess.Popen(self.command, env=self.env)
@@ -68,8 +78,8 @@ class GatewayProcess:
     def exit_status(self) -> int | None:
         return self.process.poll() if self.process else None
 
-    def stop(self) -> None:
-        terminate(self.process, 15)
+    def stop(self, timeout_s: float = 15.0) -> None:
+        terminate(self.process, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,22 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:  # a usage error: the key or the address asked for
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
+    triton_url = f"{'127.0.0.1' if args.triton_address in ('0.0.0.0', '::') else args.triton_address}:" \
+                 f"{args.http_port}"
+    gateway = GatewayProcess(triton_url, args.address, args.gateway_port, key)
+    try:
+        gateway.check_config()
+    except LaunchError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
     try:
         check_port_free(args.address, args.gateway_port, "the gateway")
     except LaunchError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     stop = StopRequest()
-    args.log.parent.mkdir(parents=True, exist_ok=True)
     triton = server_from_args(args, key)
     if not start_reporting(triton, "serve", key_file):
         return 1
     if stop.requested:  # Ctrl-C while Triton was loading
         triton.stop()
         return 130
-    triton_url = f"{'127.0.0.1' if args.triton_address in ('0.0.0.0', '::') else args.triton_address}:" \
-                 f"{args.http_port}"
-    gateway = GatewayProcess(triton_url, args.address, args.gateway_port, key)
     status = 0
     try:
         gateway.start()
@@ -115,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except (LaunchError, GaveUp) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         status = 1
-    gateway.stop()
-    triton.stop()
+    # Within the orchestrator's grace period: the gateway finishes its in-flight requests first (so nothing reaches
+    # Triton after it), then Triton unloads; what would overrun is killed, which loses no request any more.
+    deadline = time.monotonic() + STOP_BUDGET_S
+    gateway.stop(timeout_s=STOP_BUDGET_S * 0.6)
+    triton.stop(timeout=max(1.0, deadline - time.monotonic()))
     return status
 
 

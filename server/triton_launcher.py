@@ -41,6 +41,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from server.shared_memory import (
+    GROWTH_BYTES,
+    REGION_BYTES,
+    SHARED_MEMORY,
+    SharedMemoryTooSmall,
+    check_capacity,
+    python_instances,
+)
 from server.stub_healer import StubHealer
 from server.triton_access import (
     KEY_ENV,
@@ -55,7 +63,6 @@ from server.triton_access import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
-SHARED_MEMORY = Path("/dev/shm")
 SHM_PREFIX = "vgg-serve-triton"  # then "-<launching pid>-<server id>-", then the backend's own unique suffix
 
 
@@ -89,6 +96,20 @@ def assemble_backends(target: Path) -> Path:
         if not destination.exists() or destination.read_bytes() != source.read_bytes():
             shutil.copy2(source, destination)
     return target
+
+
+def missing_libraries() -> list[str]:
+    """What the wheel's tritonserver and this interpreter's stub link against and can't find (ldd), e.g. a base
+    image without libpython's shared library; an image build runs this to fail then rather than at start."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    missing = []
+    for binary in (root / "bin" / "tritonserver", root / f"python_backend_stubs/{version}/triton_python_backend_stub",
+                   root / "backends/python/libtriton_python.so"):
+        listing = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=triton_environment(),
+                                 check=False).stdout
+        missing += [f"{binary.name}: {line.split()[0]}" for line in listing.splitlines() if "not found" in line]
+    return missing
 
 
 def triton_environment(bundled: bool = True) -> dict[str, str]:
@@ -192,9 +213,9 @@ class TritonServer:
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
             "--model-control-mode=explicit", *(f"--load-model={name}" for name in self.models or ()),
             *(restriction_flags(self.key) if self.key else ()),
-            # preprocessed views of a large image are a few MB: grow the stub's shared memory in big steps
-            "--backend-config=python,shm-default-byte-size=16777216",
-            "--backend-config=python,shm-growth-byte-size=16777216",
+            # small regions at load (a container's /dev/shm is small), grown in steps for large requests
+            f"--backend-config=python,shm-default-byte-size={REGION_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={GROWTH_BYTES}",
             # every Python-based backend (the project's onnxruntime one too) takes the Python backend's settings
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
@@ -216,17 +237,22 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise LaunchError(f"model repository {self.repository} does not exist; run `make repository`")
+        if self.models is None:
+            self.models = self.repository_models()
+        try:
+            check_capacity(python_instances(self.repository, () if self.binary else ("onnxruntime_onnx",)))
+        except SharedMemoryTooSmall as exc:
+            raise LaunchError(str(exc)) from None
         backend_dir = self.backend_dir or assemble_backends(PROJECT_ROOT / "build" / "triton_backends")
         for port, what in ((self.http_port, "Triton's HTTP endpoint"), (self.grpc_port, "Triton's gRPC endpoint"),
                            (self.metrics_port, "Triton's metrics")):
             check_port_free(self.address, port, what)
         sweep_orphaned_shared_memory()
-        if self.models is None:
-            self.models = self.repository_models()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
             self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         try:
             self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(self.binary is None),
@@ -390,7 +416,22 @@ def main(argv: list[str] | None = None) -> int:
     add_server_arguments(parser)
     parser.add_argument("--address", dest="triton_address", default=argparse.SUPPRESS,
                         help="the same as --triton-address")
+    parser.add_argument("--assemble-backends", type=Path, metavar="DIR",
+                        help="only write the backend folder to DIR (an image bakes it; see --backend-directory)")
+    parser.add_argument("--check-libraries", action="store_true",
+                        help="only check that tritonserver and the Python stub find every shared library")
     args = parser.parse_args(argv)
+    try:
+        if args.assemble_backends:
+            print(f"backends assembled in {assemble_backends(args.assemble_backends)}")
+            return 0
+        if args.check_libraries:
+            missing = missing_libraries()
+            print("; ".join(missing) if missing else "every library found", file=sys.stderr if missing else sys.stdout)
+            return 1 if missing else 0
+    except LaunchError as exc:
+        print(f"triton_launcher: error: {exc}", file=sys.stderr)
+        return 1
     try:
         key, key_file = access_key(args)
     except LaunchError as exc:

@@ -24,9 +24,18 @@ SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_deploy"
                   "test_gateway_failover", "test_launcher", "test_precision", "test_serve", "test_train"}
 
 
+# What makes a test a container test (marker `container`; `pytest -m "not container"` runs without Docker): it
+# uses the built image.
+CONTAINER_FIXTURES = {"cpu_image"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SERVER_MODULES:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SERVER_FIXTURES & fixtures or item.module.__name__ in SERVER_MODULES:
+            item.add_marker(pytest.mark.integration)
+        if CONTAINER_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.container)
             item.add_marker(pytest.mark.integration)
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 PROVIDERS = ["CPUExecutionProvider"]
 DEFAULT_DIR_NAME = ".optimized"  # next to the model file: removing the model removes its cache
+CACHE_ENV = "VGG_MODEL_CACHE"
 _log = logging.getLogger(__name__)
 
 
@@ -41,10 +42,26 @@ def cache_key(model_path: Path, graph_level: int) -> str:
 
 
 def resolve_cache_dir(setting: str, model_path: Path) -> Path | None:
-    """The model config's `optimized_model_cache`: "auto" (a folder beside the model), "off", or a folder."""
+    """The model config's `optimized_model_cache`: "auto", "off", or a folder. "auto" is ``$VGG_MODEL_CACHE``
+    where set (an image's model repository is read-only; entries are keyed by the model's path, so models share
+    it), else a folder beside the model."""
     if setting.lower() in ("off", "none", "false", "0"):
         return None
-    return model_path.parent / DEFAULT_DIR_NAME if setting in ("", "auto") else Path(setting)
+    if setting not in ("", "auto"):
+        return Path(setting)
+    return Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else model_path.parent / DEFAULT_DIR_NAME
+
+
+def writable(cache_dir: Path | None) -> Path | None:
+    """``cache_dir`` once created, or None (with a warning) where it can't be: a cache is never worth a failure."""
+    if cache_dir is None:
+        return None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _log.warning("model cache %s is not writable (%s); loading without it", cache_dir, exc)
+        return None
+    return cache_dir if os.access(cache_dir, os.W_OK) else None
 
 
 def open_session(model_path: Path, options: ort.SessionOptions, graph_level: int,

@@ -135,7 +135,7 @@ def metric_value(gateway_url: str, name: str, headers: dict[str, str] | None = N
 class HeldRequest:
     """A classify request whose body trickles in until released: it holds one of the gateway's service slots."""
 
-    def __init__(self, url: str, data: bytes, hold_s: float = 30) -> None:
+    def __init__(self, url: str, data: bytes, hold_s: float = 30, headers: dict[str, str] | None = None) -> None:
         import threading
 
         self.release = threading.Event()
@@ -148,7 +148,7 @@ class HeldRequest:
 
         def send() -> None:
             self.response = httpx.post(url + "/v1/classify", content=body(),
-                                       headers={"content-type": "image/jpeg"}, timeout=60)
+                                       headers={"content-type": "image/jpeg", **(headers or {})}, timeout=60)
 
         self.thread = threading.Thread(target=send, daemon=True)
         self.thread.start()

@@ -59,17 +59,14 @@ serve: repository
 image: docker-engine
 	$(PY) -m deploy.image build
 
-# Triton replicas and the gateway as separate containers from that image (compose.yaml); the gateway on
-# 127.0.0.1:8080. Debian's docker-compose where `docker compose` is missing.
-COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# Triton replicas and the gateway as separate containers from that image (compose.yaml), the gateway on
+# 127.0.0.1:8080 once every container is healthy; secrets in build/compose/. Debian's docker-compose where
+# `docker compose` is missing.
 compose-up: image
-	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }
-	deploy/compose-secrets.sh
-	$(COMPOSE) up --detach --wait
+	$(PY) -m deploy.compose up
 
-compose-down:
-	$(COMPOSE) down --volumes --remove-orphans
+compose-down: install
+	$(PY) -m deploy.compose down
 
 # Benchmarks (not tests): pipelines vs bare onnxruntime, FP32 / bf16 / int8 against the machine's peaks, instances x
 # threads under load, the gateway vs direct Triton (and vs a bare forwarder) on the demo net and on a full-size

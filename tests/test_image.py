@@ -5,19 +5,17 @@ requests finish and exits 0."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 from support.containers import (
     API_KEY,
     classify,
+    digit_png,
     docker,
     inspect,
     logs,
@@ -32,15 +30,6 @@ pytest_plugins = ("support.containers",)
 
 SERVE_ARGS = ("--read-only", "--tmpfs", "/tmp", "--publish", "127.0.0.1::8080", "--env",
               f"VGG_GATEWAY_API_KEYS={API_KEY}")
-
-
-def digit_png(index: int = 0) -> bytes:
-    from sklearn.datasets import load_digits
-
-    pixels = load_digits().images[index] * (255 / 16)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).convert("RGB").resize((64, 64), Image.BILINEAR).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ declared ports. A probe path the server lacks, a command the image lacks, a fold
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import re
 import shutil
@@ -24,10 +23,8 @@ from functools import cache
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
-from support.containers import docker, inspect, logs, remove, running
+from support.containers import digit_png, docker, inspect, logs, remove, running
 
 from deploy import validate
 
@@ -243,16 +240,6 @@ def network(cpu_image: str) -> Iterator[str]:
 def triton(network: str) -> Iterator[Started]:
     with started(pods()["triton"], "--network", network, "--network-alias", TRITON_SERVICE) as server:
         yield server
-
-
-def digit_png() -> bytes:
-    from sklearn.datasets import load_digits
-
-    digit = np.asarray(load_digits().images[0])
-    pixels = (digit / digit.max() * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize((64, 64)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_every_container_deploy_renders_is_run_here():

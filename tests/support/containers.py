@@ -8,6 +8,7 @@ marker (conftest), which `pytest -m "not container"` leaves out on a machine wit
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 import time
@@ -15,7 +16,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from deploy import image as image_builder
 
@@ -75,6 +78,16 @@ def running(*run_args: str, command: Sequence[str] = (), prefix: str = "vgg-test
         yield name
     finally:
         remove(name)
+
+
+def digit_png(index: int = 0) -> bytes:
+    """A handwritten digit from scikit-learn's bundled set, as the demo nets' inputs look (64x64 RGB PNG)."""
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().images[index] * (255 / 16)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).convert("RGB").resize((64, 64), Image.BILINEAR).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def classify(port: int, image: bytes, pipeline: str = "fusion", timeout: float = 60) -> httpx.Response:

@@ -3,15 +3,15 @@
 #
 #   make repository                     # generates model_repository/, copied into the image as it is
 #   docker build -t vgg-serve .
-#   docker run --gpus all --shm-size=1g -p 8080:8080 -e VGG_GATEWAY_API_KEYS=change-me vgg-serve
+#   docker run --gpus all --read-only --tmpfs /tmp -p 127.0.0.1:8080:8080 -e VGG_GATEWAY_API_KEYS=change-me vgg-serve
 #
-# --shm-size: Triton's Python backend (each pipeline's preprocess and fuse steps) passes tensors to its stub
-# processes through /dev/shm. Docker's default of 64 MB is too small for the multi-scale views of large images
-# under concurrency; 1 GB is ample for the shipped pipelines.
-# Only the gateway is published. Triton listens on loopback inside the container (HTTP 8000, gRPC 8001, metrics 8002),
-# and even there answers nothing but health without its key.
-# The gateway binds 0.0.0.0 here, so it refuses to start without API keys (VGG_GATEWAY_API_KEYS or
-# VGG_GATEWAY_API_KEYS_FILE) unless VGG_GATEWAY_ALLOW_OPEN=1 is set on purpose.
+# Run as the CPU image (Dockerfile.cpu) is run and tested: uid 10001, a read-only root filesystem with a tmpfs at
+# /tmp (Triton's log, the generated key), Triton on the container's loopback with a key generated at start (or
+# VGG_TRITON_KEY / VGG_TRITON_KEY_FILE), only the gateway published. /dev/shm: here only the pipeline steps use the
+# Python backend (1 MB each at load, grown for large requests); the launcher checks the repository's need against
+# /dev/shm before starting Triton and names --shm-size when it is short. The gateway binds 0.0.0.0 here, so it
+# refuses to start without API keys (VGG_GATEWAY_API_KEYS or VGG_GATEWAY_API_KEYS_FILE) unless
+# VGG_GATEWAY_ALLOW_OPEN=1 is set on purpose. Each refusal is one line, before Triton starts.
 #
 # Triton 2.54 (Ubuntu 24.04, Python 3.12): the project's pins (fastapi 0.165 needs Python >= 3.11) install there.
 FROM nvcr.io/nvidia/tritonserver:25.01-py3

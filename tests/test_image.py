@@ -5,6 +5,8 @@ requests finish and exits 0."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import threading
 import time
@@ -27,6 +29,8 @@ from support.containers import (
 from support.gateway import HeldRequest, metric_value
 
 pytest_plugins = ("support.containers",)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SERVE_ARGS = ("--read-only", "--tmpfs", "/tmp", "--publish", "127.0.0.1::8080", "--env",
               f"VGG_GATEWAY_API_KEYS={API_KEY}")
@@ -64,6 +68,21 @@ def test_it_runs_as_the_non_root_user_on_a_read_only_root_with_dockers_default_s
     local = {row[1] for row in rows if row[3] == "0A"}  # state 0A: listening
     assert "0100007F:1F40" in local and "00000000:1F40" not in local  # 127.0.0.1:8000 only
     assert "access key in /tmp/vgg-serve/triton-8000.key" in logs(served)
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_holds_the_pinned_runtime_packages_and_nothing_to_build_with(cpu_image):
+    script = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
+    listed = docker("run", "--rm", "--entrypoint", "python3", cpu_image, "-c", script).stdout
+    installed = {normalized(name): version for name, version in json.loads(listed).items()}
+    lock = {normalized(name): version for name, version in (line.split("#")[0].strip().split("==") for line in
+            (ROOT / "requirements-serve.txt").read_text().splitlines() if "==" in line.split("#")[0])}
+    assert installed == lock  # no pip, no setuptools, no PyTorch: the lock, exactly
+    tools = docker("run", "--rm", "--entrypoint", "sh", cpu_image, "-c", "command -v gcc cc g++ apt-get || true").stdout
+    assert tools.split() in ([], ["/usr/bin/apt-get"])  # no compiler; the base's apt-get only
 
 
 @pytest.mark.parametrize(("flags", "status", "says"), [

@@ -36,7 +36,9 @@ class ServeProcess:
         self.command = [sys.executable, "-m", "server.serve", "--repository", str(repository),
                         "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"]),
                         "--metrics-port", str(self.ports["metrics"]), "--gateway-port", str(self.ports["gateway"]),
-                        "--log", str(log_path.with_suffix(".triton.log")), *flags]
+                        "--log", str(log_path.with_suffix(".triton.log")),
+                        "--response-cache-mb", "0",  # a fault must meet the steps, not a cached answer
+                        *flags]
         self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{self.ports['gateway']}"
         self.triton_url = f"127.0.0.1:{self.ports['http']}"

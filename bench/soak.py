@@ -1,8 +1,12 @@
 """A soak with faults: `make serve`'s command under a steady load of photos and corrupt files for minutes, with a
-step's stub killed, a stub frozen and Triton killed on a schedule, to show what each fault costs and that nothing
-grows or is left behind.
+step's stub killed, a stub frozen, Triton killed, Triton frozen and a step stuck in a computation on a schedule, to
+show what each fault costs and that nothing grows or is left behind.
 
-    .venv/bin/python -m bench.soak --minutes 10 --clients 8 --faults stub,triton,hang
+    .venv/bin/python -m bench.soak --minutes 10 --clients 8 --faults stub,triton,hang,triton-hang,step-hang
+
+`triton-hang` is a SIGSTOP of tritonserver (alive, answering nothing; the supervisor's probe finds it). `step-hang`
+serves bench/spinner beside the pipelines (a copy of the repository) and sends it one request that spins for ever:
+its instance is killed past the spinner's 3 s limit and the model reloaded, while the load goes on.
 
 Faults start after a warm-up and come every ``--every`` seconds in turn; the stubs hit rotate over the models
 (preprocess and fuse steps, ONNX members). For each fault the report gives the time until the service said it
@@ -14,11 +18,14 @@ process's resident set after the warm-up and at the end. The report goes to ``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
+import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +38,8 @@ from bench.faults import Load, Outcome, ServeProcess, wait_until
 from server.stub_healer import find_stubs
 from server.supervisor import terminate
 
-FAULTS = ("stub", "triton", "hang")
+FAULTS = ("stub", "triton", "hang", "triton-hang", "step-hang")
+SPINNER = Path(__file__).resolve().parent / "spinner"
 EARLY_S = 10.0  # a fault's first seconds, where a few failed requests are allowed
 SETTLE_S = 2.0  # after the service said it recovered: the gateway's probe (every second) has seen it too
 RECOVERY_LIMIT_S = 120.0
@@ -102,13 +110,19 @@ class Injector:
         self._turn = 0
 
     def inject(self, kind: str) -> Fault:
-        if kind == "triton":
+        if kind in ("triton", "triton-hang"):
             before = self.serve.output().count("tritonserver is back")
             fault = Fault(kind, "tritonserver", time.monotonic())
-            os.kill(self.serve.triton_pid(), signal.SIGKILL)
+            os.kill(self.serve.triton_pid(), signal.SIGKILL if kind == "triton" else signal.SIGSTOP)
             done = lambda: self.serve.output().count("tritonserver is back") > before  # noqa: E731
+        elif kind == "step-hang":
+            line = "stub healer: spinner reloaded"
+            before = self.serve.output().count(line)
+            fault = Fault(kind, "spinner", time.monotonic())
+            threading.Thread(target=self.spin, daemon=True).start()
+            done = lambda: self.serve.output().count(line) > before  # noqa: E731
         else:
-            models = sorted({stub.model for stub in self.serve.stubs()})
+            models = sorted({stub.model for stub in self.serve.stubs()} - {"spinner"})
             model = models[self._turn % len(models)]
             self._turn += 1
             victim = self.serve.stubs(model)[0]
@@ -120,6 +134,15 @@ class Injector:
         if wait_until(done, RECOVERY_LIMIT_S, interval_s=0.05):
             fault.recovered_s = time.monotonic() - fault.at
         return fault
+
+
+    def spin(self) -> None:
+        """One request the spinner never finishes; its answer is the failure of the killed instance."""
+        key = self.serve.key_file.read_text().strip()
+        body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["spin"]}]}
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"http://{self.serve.triton_url}/v2/models/spinner/infer", json=body,
+                       headers={"vgg-triton-key": key}, timeout=RECOVERY_LIMIT_S)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -206,12 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     log = Path("build/soak/serve.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
+    repository = args.repository
+    if "step-hang" in args.faults:  # the pipelines as they are, plus the spinner to get stuck in
+        repository = log.parent / "repository"
+        shutil.rmtree(repository, ignore_errors=True)
+        shutil.copytree(args.repository, repository, ignore=shutil.ignore_patterns(".optimized"))
+        shutil.copytree(SPINNER, repository / "spinner")
     launched = time.monotonic()
-    serve = ServeProcess(args.repository, log).start()
+    serve = ServeProcess(repository, log).start()
     cold_start_s = time.monotonic() - launched
     load = None
     try:
-        pipelines = args.pipelines or [p["name"] for p in httpx.get(serve.url + "/v1/pipelines").json()["pipelines"]]
+        pipelines = args.pipelines or [p["name"] for p in httpx.get(serve.url + "/v1/pipelines").json()["pipelines"]
+                                       if p["name"] != "spinner"]
         load = Load(serve.url, photo_jpeg(), pipelines, clients=args.clients, max_s=args.minutes * 60 + 300,
                     bad_every=args.bad_every).start()
         started = time.monotonic()

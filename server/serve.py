@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from server.gateway.config import ConfigError, load_settings
-from server.supervisor import GaveUp, Supervised, terminate
+from server.supervisor import GaveUp, Liveness, Supervised, answers, terminate
 from server.triton_access import KEY_ENV, KEY_FILE_ENV
 from server.triton_launcher import (
     LaunchError,
@@ -36,10 +36,13 @@ GATEWAY_START_S = 30.0
 STOP_BUDGET_S = 8.0  # under Docker's default 10 s between SIGTERM and SIGKILL (Kubernetes gives 30 s)
 
 
-def supervised(server: TritonServer, stop: StopRequest) -> Supervised:
-    """Triton under supervision: restarted on the same ports, loading the same models, with the same key."""
+def supervised(server: TritonServer, stop: StopRequest, hang_after_s: float) -> Supervised:
+    """Triton under supervision: restarted on the same ports, loading the same models, with the same key; killed
+    first when its HTTP endpoint stops answering (frozen, deadlocked) for ``hang_after_s``."""
+    liveness = Liveness(answers(f"http://{server.http_url}/v2/health/live")) if hang_after_s > 0 else None
     return Supervised("tritonserver", server.start, lambda: server.process.poll(), server.kill,
-                      report=server.report, stop_requested=lambda: stop.requested)
+                      report=server.report, stop_requested=lambda: stop.requested, liveness=liveness,
+                      hang_after_s=hang_after_s)
 
 
 class GatewayProcess:
@@ -81,6 +84,12 @@ class GatewayProcess:
     def stop(self, timeout_s: float = 15.0) -> None:
         terminate(self.process, timeout_s)
 
+    def kill(self) -> None:
+        """A hung gateway does not act on SIGTERM (a stopped one cannot)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         gateway.start()
         print(f"Gateway on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
               flush=True)
-        watched = [supervised(triton, stop),
+        gateway_liveness = Liveness(answers(gateway.health_url)) if args.hang_after_s > 0 else None
+        watched = [supervised(triton, stop, args.hang_after_s),
                    Supervised("the gateway", gateway.start, gateway.exit_status, gateway.stop, report=triton.report,
-                              stop_requested=lambda: stop.requested)]
+                              stop_requested=lambda: stop.requested, liveness=gateway_liveness,
+                              hang_after_s=args.hang_after_s, kill=gateway.kill)]
         while not stop.requested:
             for service in watched:
                 service.check()

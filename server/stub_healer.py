@@ -10,6 +10,10 @@ model of any stub that has exited or been stopped.
 Triton skips a load whose configuration and files are unchanged, so the reload passes the model's own
 configuration with a ``vgg.reloads`` parameter counting the reloads: the same model, new instances. The new
 instances start before the old ones are released, so the model's healthy instances keep answering meanwhile.
+
+A stub that is running but stuck (spinning, or waiting on a call that never returns) is found by how long it has
+held its current request (server/step_watch.py): past its model's limit, it is killed and its model reloaded the
+same way; its requests fail at once ("Stub process ... is not healthy"), which the gateway retries elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.step_watch import marker_path, read_marker
 from server.triton_access import KEY_HEADER
 
 STUB_BINARY = "triton_python_backend_stub"
@@ -132,7 +137,14 @@ class StubHealer:
             if model in self.broken:
                 continue
             if stub is None or stub.state in "ZX":
+                self._forget_marker(pid)
                 self._broken(model, f"stub {instance} (pid {pid}) exited")
+            elif (held := read_marker(self.shm_prefix, pid)) and held[0] > held[1]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._forget_marker(pid)
+                self._broken(model, f"stub {instance} (pid {pid}) held a request for {held[0]:.0f} s, past its "
+                                    f"limit of {held[1]:g} s; killed it")
             elif stub.state in "Tt":
                 if pid in self._stopped_once:
                     with contextlib.suppress(ProcessLookupError):
@@ -157,7 +169,12 @@ class StubHealer:
             elif now >= deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+                self._forget_marker(pid)
                 del self._retired[pid]
+
+    def _forget_marker(self, pid: int) -> None:
+        with contextlib.suppress(OSError):
+            marker_path(self.shm_prefix, pid).unlink()
 
     def _broken(self, model: str, reason: str) -> None:
         heal = Heal(model, reason, time.monotonic())

@@ -1,18 +1,25 @@
-"""Keep a child service running: restart it after an unexpected exit, with backoff, and give up on a crash loop.
+"""Keep a child service running: restart it after an unexpected exit or a hang, with backoff, and give up on a crash
+loop.
 
 A process that dies once (the OOM killer, a segfault) comes back after a short pause; one that keeps dying waits
 longer each time (``backoff_s``), and one that cannot even start ``max_failed_starts`` times in a row is given up
-on with its last error, since restarting it further would only hide the cause.
+on with its last error, since restarting it further would only hide the cause. A process that is alive but no
+longer answers (deadlocked, stopped, spinning) looks healthy to every process check: a probe in the background asks
+it, and one silent for ``hang_after_s`` is killed and restarted like a dead one.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+HANG_AFTER_S = 20.0  # silent this long: hung (the probes answer in milliseconds, even on 2 saturated cores)
+PROBE_INTERVAL_S = 2.0
 
 
 def terminate(process: subprocess.Popen | None, timeout_s: float) -> None:
@@ -37,30 +44,83 @@ class GaveUp(RuntimeError):
     """The service failed to start ``max_failed_starts`` times in a row; the message has its last error."""
 
 
+def answers(url: str, timeout_s: float = 2.0) -> Callable[[], bool]:
+    """A liveness probe: True when ``url`` answers 200 within ``timeout_s``."""
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                return response.status == 200
+        except OSError:  # refused, reset, timed out, or an HTTP error status
+            return False
+    return probe
+
+
+class Liveness:
+    """Asks ``probe`` (a call with its own short timeout: True when the service answered) every ``interval_s`` in the
+    background, so a probe that hangs never holds up the supervisor; remembers the last answer."""
+
+    def __init__(self, probe: Callable[[], bool], interval_s: float = PROBE_INTERVAL_S) -> None:
+        self.probe, self.interval_s = probe, interval_s
+        self.last_answer = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            if self.probe():
+                self.last_answer = time.monotonic()
+
+    def restart(self) -> None:
+        """A new process: silence counts from now."""
+        self.last_answer = time.monotonic()
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.last_answer
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 class Supervised:
     """One service: ``start`` makes it serve (raising on failure), ``exit_status`` is None while it runs, and
-    ``cleanup`` releases what a dead one left (ports, processes, shared memory)."""
+    ``cleanup`` releases what a dead one left (ports, processes, shared memory). With ``liveness``, a running service
+    silent for ``hang_after_s`` is killed (``kill``, else ``cleanup``) and restarted."""
 
     def __init__(self, name: str, start: Callable[[], object], exit_status: Callable[[], int | None],
                  cleanup: Callable[[], None], report: Callable[[str], None],
                  stop_requested: Callable[[], bool] = lambda: False, max_failed_starts: int = 3,
-                 backoff_s: Sequence[float] = BACKOFF_S, stable_s: float = 60.0) -> None:
+                 backoff_s: Sequence[float] = BACKOFF_S, stable_s: float = 60.0,
+                 liveness: Liveness | None = None, hang_after_s: float = HANG_AFTER_S,
+                 kill: Callable[[], None] | None = None) -> None:
         self.name, self._start, self._exit_status, self._cleanup = name, start, exit_status, cleanup
         self.report, self.stop_requested = report, stop_requested
         self.max_failed_starts, self.backoff_s, self.stable_s = max_failed_starts, tuple(backoff_s), stable_s
+        self.liveness, self.hang_after_s, self._kill = liveness, hang_after_s, kill or cleanup
         self.restarts = 0
         self._crashes = 0  # unexpected exits without a stable run between them
         self._started_at = time.monotonic()
 
     def check(self) -> None:
-        """Call periodically: restarts the service if it has exited (blocking until it serves again); GaveUp."""
+        """Call periodically: restarts the service if it has exited or hangs (blocking until it serves again);
+        GaveUp."""
         status = self._exit_status()
         if status is None:
-            if time.monotonic() - self._started_at > self.stable_s:
-                self._crashes = 0
-            return
-        self._cleanup()
-        self.report(f"serve: {self.name} exited unexpectedly (status {status})")
+            silent = self.liveness.silent_s() if self.liveness else 0.0
+            if silent < self.hang_after_s:
+                if time.monotonic() - self._started_at > self.stable_s:
+                    self._crashes = 0
+                return
+            self.report(f"serve: {self.name} has not answered for {silent:.0f} s; killing it")
+            self._kill()
+            self._cleanup()
+            self.report(f"serve: {self.name} hung (killed after {silent:.0f} s without an answer)")
+        else:
+            self._cleanup()
+            self.report(f"serve: {self.name} exited unexpectedly (status {status})")
+        self._restart()
+
+    def _restart(self) -> None:
         failed = 0
         while not self.stop_requested():
             delay = self.backoff_s[min(self._crashes, len(self.backoff_s) - 1)]
@@ -82,6 +142,8 @@ class Supervised:
                 continue
             self.restarts += 1
             self._started_at = time.monotonic()
+            if self.liveness:
+                self.liveness.restart()
             self.report(f"serve: {self.name} is back after a restart, serving {time.monotonic() - started:.1f} s "
                         "after it was started")
             return

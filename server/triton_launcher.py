@@ -43,13 +43,17 @@ from pathlib import Path
 
 from server.shared_memory import (
     GROWTH_BYTES,
+    MIB,
     REGION_BYTES,
     SHARED_MEMORY,
     SharedMemoryTooSmall,
     check_capacity,
     python_instances,
 )
+from server.step_watch import DEFAULT_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
+from server.step_watch import PREFIX_ENV, TIMEOUT_ENV, TIMEOUT_PARAMETER
 from server.stub_healer import StubHealer
+from server.supervisor import HANG_AFTER_S, Liveness, answers
 from server.triton_access import (
     KEY_ENV,
     KEY_FILE_ENV,
@@ -63,6 +67,7 @@ from server.triton_access import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+DEFAULT_RESPONSE_CACHE_MB = 64.0  # a pipeline's answer is a few KB: tens of thousands of repeated images
 SHM_PREFIX = "vgg-serve-triton"  # then "-<launching pid>-<server id>-", then the backend's own unique suffix
 
 
@@ -169,8 +174,11 @@ class TritonServer:
                  address: str = "127.0.0.1", log_path: Path | None = None, ready_timeout: float = 180.0,
                  key: str | None = None, heal: bool = True,
                  report: Callable[[str], None] | None = None, binary: Path | None = None,
-                 backend_dir: Path | None = None) -> None:
-        """``binary`` and ``backend_dir``: an installed Triton (NVIDIA's container) instead of the wheel's."""
+                 backend_dir: Path | None = None, step_timeout_s: float | None = None,
+                 response_cache_mb: float = 0.0) -> None:
+        """``binary`` and ``backend_dir``: an installed Triton (NVIDIA's container) instead of the wheel's;
+        ``step_timeout_s``: how long a Python-backend instance may hold one request (server/step_watch.py);
+        ``response_cache_mb``: Triton's response cache (off here; the CLIs turn it on, see add_server_arguments)."""
         self.repository = Path(repository).resolve()
         self.binary, self.backend_dir = binary, backend_dir
         self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
@@ -178,6 +186,8 @@ class TritonServer:
         self.ready_timeout = ready_timeout
         self.key = key
         self.heal = heal
+        self.step_timeout_s = step_timeout_s
+        self.response_cache_mb = response_cache_mb
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.models: list[str] | None = None  # fixed at the first start: what every later start loads
         self.healer: StubHealer | None = None
@@ -218,7 +228,18 @@ class TritonServer:
             f"--backend-config=python,shm-growth-byte-size={GROWTH_BYTES}",
             # every Python-based backend (the project's onnxruntime one too) takes the Python backend's settings
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self.cache_flags(),
         ]
+
+    def cache_flags(self) -> list[str]:
+        """Triton's `local` response cache for the models whose configs enable it (the pipelines: their answers
+        are deterministic); it lives in Triton's memory, so a restart empties it."""
+        if not self.response_cache_mb:
+            return []
+        flags = [f"--cache-config=local,size={int(self.response_cache_mb * MIB)}"]
+        if self.binary is None:  # the wheel keeps its cache library beside its binary; NVIDIA's image in the default
+            flags.append(f"--cache-directory={pytriton_root() / 'caches'}")
+        return flags
 
     def repository_models(self) -> list[str]:
         """The model folders of the repository (each with its config.pbtxt), as they are now."""
@@ -255,7 +276,10 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         try:
-            self.process = subprocess.Popen(self.command(backend_dir), env=triton_environment(self.binary is None),
+            env = {**triton_environment(self.binary is None), PREFIX_ENV: self.shm_prefix}
+            if self.step_timeout_s:
+                env[TIMEOUT_ENV] = f"{self.step_timeout_s:g}"
+            self.process = subprocess.Popen(self.command(backend_dir), env=env,
                                             stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=_die_with_parent)
             self._wait_ready()
@@ -357,6 +381,16 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | No
     parser.add_argument("--tritonserver", type=Path, default=os.environ.get("VGG_TRITONSERVER") or None,
                         help="an installed tritonserver binary (default: the nvidia-pytriton wheel's; env "
                              "VGG_TRITONSERVER)")
+    parser.add_argument("--hang-after-s", type=float, default=HANG_AFTER_S,
+                        help=f"a Triton (or gateway) whose health endpoint has not answered for this long is hung: "
+                             f"killed, then restarted (server.serve) or exited with status 1 for the container's "
+                             f"restart policy (this launcher); default {HANG_AFTER_S:g}, 0: never")
+    parser.add_argument("--response-cache-mb", type=float, default=DEFAULT_RESPONSE_CACHE_MB,
+                        help=f"Triton's response cache for the pipelines, in MB (default "
+                             f"{DEFAULT_RESPONSE_CACHE_MB:g}; 0: off)")
+    parser.add_argument("--step-timeout-s", type=float, default=None,
+                        help=f"a Python-backend instance holding one request longer is replaced (default "
+                             f"{DEFAULT_STEP_TIMEOUT_S:g}; a model's `{TIMEOUT_PARAMETER}` parameter wins)")
     parser.add_argument("--backend-directory", type=Path, default=os.environ.get("VGG_TRITON_BACKENDS") or None,
                         help="its backends folder, e.g. /opt/tritonserver/backends (env VGG_TRITON_BACKENDS)")
 
@@ -383,7 +417,8 @@ def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
 
 def server_from_args(args: argparse.Namespace, key: str | None) -> TritonServer:
     return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.triton_address,
-                        args.log, key=key, binary=args.tritonserver, backend_dir=args.backend_directory)
+                        args.log, key=key, binary=args.tritonserver, backend_dir=args.backend_directory,
+                        step_timeout_s=args.step_timeout_s, response_cache_mb=args.response_cache_mb)
 
 
 class StopRequest:
@@ -442,8 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     if not start_reporting(server, "triton_launcher", key_file):
         return 1
     # Unsupervised on purpose: this is the building block (and what a container's own restart policy runs);
-    # `server.serve` is the supervised service.
+    # `server.serve` is the supervised service. A hung Triton is killed and reported like a dead one, so the
+    # container exits and its restart policy brings it back (Docker's HEALTHCHECK alone restarts nothing).
+    liveness = Liveness(answers(f"http://{server.http_url}/v2/health/live")) if args.hang_after_s > 0 else None
     while not stop.requested and server.process.poll() is None:
+        if liveness and liveness.silent_s() > args.hang_after_s:
+            print(f"triton_launcher: tritonserver has not answered for {liveness.silent_s():.0f} s; killed it",
+                  file=sys.stderr)
+            server.kill()
+            return 1
         time.sleep(0.5)
     server.stop()
     if not stop.requested:

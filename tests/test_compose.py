@@ -6,6 +6,7 @@ gateway: the gateway fails over, Docker restarts the container, and the gateway 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from PIL import Image, PngImagePlugin
 from support.containers import digit_png, docker, inspect
 from support.gateway import free_port
 
@@ -78,7 +80,8 @@ class Load:
     def __init__(self, deployment: Deployment, limit_s: float = 300) -> None:
         self.answers: list[tuple[float, int, str]] = []  # (when sent, status or -1 for no answer, Retry-After)
         self.stopped = threading.Event()
-        self.image = digit_png(3)
+        self.digit = Image.open(io.BytesIO(digit_png(3)))
+        self.sent = 0
         self.deadline = time.monotonic() + limit_s
         self.threads = [threading.Thread(target=self.client, args=(deployment,)) for _ in range(LOAD_CLIENTS)]
         for thread in self.threads:
@@ -87,13 +90,23 @@ class Load:
     def client(self, deployment: Deployment) -> None:
         with httpx.Client(base_url=deployment.url, headers=deployment.auth, timeout=60) as client:
             while not self.stopped.is_set() and time.monotonic() < self.deadline:
+                image = self.unique_image()
                 sent = time.monotonic()
                 try:
                     response = client.post("/v1/classify", params={"pipeline": "fast"},
-                                           files={"file": ("digit.png", self.image)})
+                                           files={"file": ("digit.png", image)})
                     self.answers.append((sent, response.status_code, response.headers.get("retry-after", "")))
                 except httpx.HTTPError:
                     self.answers.append((sent, -1, ""))
+
+    def unique_image(self) -> bytes:
+        """The same digit, with bytes of its own (a text chunk), so that Triton's response cache never answers."""
+        self.sent += 1
+        info = PngImagePlugin.PngInfo()
+        info.add_text("request", str(self.sent))
+        buffer = io.BytesIO()
+        self.digit.save(buffer, "PNG", pnginfo=info)
+        return buffer.getvalue()
 
     def wait_answers(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -158,6 +171,33 @@ def test_a_crashed_triton_replica_fails_over_restarts_and_rejoins(deployment):
     assert len(failed) <= 0.01 * len(during), failed
     assert after and set(after) == {200}
     assert triton_inferences(container_id) > served_before  # the restarted replica is in rotation again
+
+
+def test_a_frozen_triton_replica_is_restarted_by_its_launcher_and_rejoins(deployment):
+    """SIGSTOP of a replica's tritonserver (alive, answering nothing): the launcher in the container kills it and
+    exits, so Docker's restart policy brings the replica back; the gateway answers from the other meanwhile."""
+    container = deployment.container("triton", 2)
+    processes = docker("top", container["Id"], "-eo", "pid,comm").stdout.splitlines()[1:]
+    frozen = next(int(line.split()[0]) for line in processes if line.split()[1] == "tritonserver")
+    load = Load(deployment)
+    try:
+        load.wait_answers(20)
+        os.kill(frozen, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_restarted(deployment, container["Id"], container["RestartCount"])
+        deadline = time.monotonic() + 60
+        while deployment.ready_endpoints() < 2:
+            assert time.monotonic() < deadline, "the restarted replica never rejoined the gateway"
+            time.sleep(0.5)
+        rejoined_at = time.monotonic()
+        load.wait_answers(len(load.answers) + 40)
+    finally:
+        answers = load.stop()
+    assert "tritonserver has not answered" in docker("logs", container["Id"]).stderr
+    during = [(status, retry) for sent, status, retry in answers if stopped_at <= sent < rejoined_at]
+    assert all(status == 200 or (status == 503 and retry) for status, retry in during), \
+        [answer for answer in during if answer[0] != 200]
+    assert all(status == 200 for sent, status, _ in answers if sent >= rejoined_at)
 
 
 def test_a_crashed_gateway_is_restarted_and_serves_again(deployment):

@@ -191,11 +191,12 @@ def test_a_triton_that_cannot_start_again_is_given_up_on(triton_repository, tmp_
 def test_the_soak_reports_each_fault_and_leaves_nothing_behind(triton_repository, tmp_path):
     out = tmp_path / "soak.md"
     subprocess.run([sys.executable, "-m", "bench.soak", "--repository", str(triton_repository), "--minutes", "0.75",
-                    "--clients", "2", "--faults", "stub,hang", "--every", "15", "--warm-up", "5", "--out", str(out)],
-                   cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=400)
+                    "--clients", "2", "--faults", "stub,hang,step-hang", "--every", "12", "--warm-up", "5",
+                    "--out", str(out)], cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=400)
     text = out.read_text()
-    faults = [line.split(" | ") for line in text.splitlines() if line.startswith(("| stub |", "| hang |"))]
-    assert len(faults) >= 2 and [f[0] for f in faults] == ["| stub", "| hang", "| stub"][: len(faults)], text
+    faults = [line.split(" | ") for line in text.splitlines() if line.startswith(("| stub |", "| hang |",
+                                                                                  "| step-hang |"))]
+    assert len(faults) >= 3 and [f[0] for f in faults] == ["| stub", "| hang", "| step-hang"][: len(faults)], text
     assert all(f[2].endswith(" s") and not f[2].startswith("NOT") for f in faults), text
     assert all(f[6] == "0 |" for f in faults), text  # nothing fails once the service has recovered
     assert "422 invalid_image (corrupt file)" in text and "| gateway |" in text, text

@@ -117,6 +117,21 @@ def test_a_mounted_repository_is_served_instead_of_the_baked_one(cpu_image, trit
         assert response.json()["predictions"][0]["label"].startswith("digit_")  # the mounted labels
 
 
+def test_a_frozen_triton_inside_is_killed_and_restarted_without_an_orchestrator(served):
+    """SIGSTOP of tritonserver inside the container: server.serve's own watchdog restarts it (a HEALTHCHECK alone
+    would only mark the container unhealthy)."""
+    freeze = ("import os, signal; os.kill(next(int(p) for p in os.listdir('/proc') if p.isdigit() and "
+              "open(f'/proc/{p}/comm').read().strip() == 'tritonserver'), signal.SIGSTOP)")
+    docker("exec", served, "python3", "-c", freeze)
+    deadline = time.monotonic() + 120
+    while "serve: tritonserver is back" not in logs(served):
+        assert time.monotonic() < deadline, logs(served)[-3000:]
+        time.sleep(0.5)
+    assert "tritonserver has not answered" in logs(served)
+    wait_health(served)
+    assert classify(published_port(served), digit_png()).status_code == 200
+
+
 def test_docker_stop_finishes_in_flight_requests_and_exits_0(served):
     """Last in this module: it stops the shared container. Requests held open mid-body are in flight for sure when
     SIGTERM arrives; they complete after it."""

@@ -89,3 +89,56 @@ def test_one_line_joins_and_shortens():
     assert one_line(RuntimeError("a:\n  b\n\nc")) == "a; b; c"
     assert one_line(RuntimeError("")) == "RuntimeError"
     assert len(one_line(RuntimeError("x" * 1000))) == 400
+
+
+class Silence:
+    """A stand-in for Liveness: silent for as long as the test says."""
+
+    def __init__(self) -> None:
+        self.seconds, self.restarts = 0.0, 0
+
+    def silent_s(self) -> float:
+        return self.seconds
+
+    def restart(self) -> None:
+        self.seconds, self.restarts = 0.0, self.restarts + 1
+
+
+def test_a_service_silent_past_the_limit_is_killed_and_restarted():
+    service, lines, silence, kills = Service([None]), [], Silence(), []
+
+    def kill() -> None:
+        kills.append(1)
+        service.running = False
+
+    watcher = supervised(service, lines, liveness=silence, hang_after_s=20, kill=kill)
+    silence.seconds = 19.9
+    watcher.check()
+    assert lines == [] and kills == []  # slow to answer is not hung
+    silence.seconds = 20.5
+    watcher.check()
+    assert kills == [1] and service.cleanups == 1 and service.running and watcher.restarts == 1
+    assert lines[:2] == ["serve: svc has not answered for 20 s; killing it",
+                         "serve: svc hung (killed after 20 s without an answer)"]
+    assert silence.restarts == 1 and silence.silent_s() == 0.0  # the new process's silence counts from its start
+
+
+def test_the_liveness_probe_records_answers_in_the_background():
+    import time
+
+    from server.supervisor import Liveness
+
+    answers = []
+    liveness = Liveness(lambda: answers.append(1) or len(answers) < 5, interval_s=0.01)  # answers 4 times, then not
+    try:
+        deadline = time.monotonic() + 30
+        while len(answers) < 10:  # the probe runs on its own, and stays asked while silent
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        silent = liveness.silent_s()
+        time.sleep(0.05)
+        assert liveness.silent_s() >= silent + 0.05  # no answer since the 4th
+        liveness.restart()
+        assert liveness.silent_s() < silent + 0.05
+    finally:
+        liveness.stop()

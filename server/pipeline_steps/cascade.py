@@ -20,6 +20,7 @@ from server.cascade_spec import Cascade, confidence, view_units
 from server.pipeline_spec import Pipeline, View
 from server.pipeline_steps.fuse import fuse
 from server.pipeline_steps.preprocess import decode_request
+from server.step_watch import Marker, watched
 from vgg.imaging import ImageLimits, dense_views, grid_crops, rescale
 
 
@@ -32,7 +33,9 @@ class TritonPythonModel:
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.cascade = Cascade.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+        self.marker = Marker(args["model_config"], calls_models=True)
 
+    @watched
     async def execute(self, requests: list) -> list:
         return list(await asyncio.gather(*(self._one(request) for request in requests)))
 

@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from client.contract import PROBS, SPEC_PARAMETER
 from server.pipeline_spec import Pipeline
+from server.step_watch import Marker, watched
 
 
 def fuse(pipeline: Pipeline, posteriors: dict[str, np.ndarray]) -> np.ndarray:
@@ -33,7 +34,9 @@ class TritonPythonModel:
         self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.inputs = [f"m{i}_{view.tensor}" for i in range(len(self.pipeline.members))
                        for view in self.pipeline.views()]
+        self.marker = Marker(args["model_config"])
 
+    @watched
     def execute(self, requests: list) -> list:
         responses = []
         for request in requests:

@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from client.contract import INPUT, SPEC_PARAMETER, image_error
 from server.pipeline_spec import Pipeline
+from server.step_watch import Marker, watched
 from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
 
 if TYPE_CHECKING:
@@ -25,7 +26,9 @@ class TritonPythonModel:
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
         self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+        self.marker = Marker(args["model_config"])
 
+    @watched
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 

@@ -84,6 +84,7 @@ def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> m
     for name in posteriors:
         fuse.input_map[name] = name
     fuse.output_map[PROBS] = PROBS
+    config.response_cache.enable = True  # deterministic: a repeated image is a look-up (when the launcher has a cache)
     set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
     return config
 
@@ -98,6 +99,7 @@ def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits:
     config.output.add(name="stage", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="stages", data_type=mc.TYPE_STRING, dims=[-1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cascade.instances)
+    config.response_cache.enable = True
     set_parameters(config, {SPEC_PARAMETER: cascade.to_json(), KIND_PARAMETER: CASCADE_KIND,
                              "image.limits": json.dumps(dataclasses.asdict(limits))})
     return config

@@ -20,6 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from client.contract import image_error
+from server.step_watch import Marker, watched
 from vgg.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
 
@@ -41,7 +42,9 @@ class TritonPythonModel:
         self.input_names, self.output_names = self.runner.input_names, self.runner.output_names
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.min_input_size = int(_parameter(config, "vgg.min_input_size", "0"))
+        self.marker = Marker(config)
 
+    @watched
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)  # equal input shapes run as one batch

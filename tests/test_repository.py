@@ -54,6 +54,21 @@ def test_removed_pipeline_is_cleaned_up_and_members_stay(repository, tmp_path):
     assert names == ["only", "only_fuse", "only_maps", "only_preprocess", "vgg_a", "vgg_d", "vgg_e"]
 
 
+def test_pipelines_that_preprocess_or_fuse_alike_share_one_step(repository, tmp_path):
+    path = spec_file(tmp_path, '[pipelines.b_one]\nmembers = ["vgg_a"]\nscales = [64, 96]\nflips = true\n'
+                               '[pipelines.a_other]\nmembers = ["vgg_d"]\nscales = [64, 96]\nflips = true\n'
+                               '[pipelines.c_pair]\nmembers = ["vgg_a", "vgg_d"]\nscales = [64, 96]\nflips = true\n')
+    generate(load_spec(path), repository)
+    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
+    assert names == ["a_other", "a_other_fuse", "a_other_maps", "a_other_preprocess", "b_one", "b_one_maps",
+                     "c_pair", "c_pair_fuse", "c_pair_maps", "vgg_a", "vgg_d", "vgg_e"]  # first by name names it
+    for pipeline, fuse in (("b_one", "a_other_fuse"), ("c_pair", "c_pair_fuse")):  # two members fuse otherwise
+        config = text_format.Parse((repository / pipeline / "config.pbtxt").read_text(), mc.ModelConfig())
+        steps = [s.model_name for s in config.ensemble_scheduling.step]
+        assert steps[0] == "a_other_preprocess" and steps[-1] == fuse, steps
+    assert generate(load_spec(path), repository) == []
+
+
 BAD_SPECS = {
     "unknown member": ('[pipelines.p]\nmembers = ["vgg_z"]\nscales = [64]\n', "model 'vgg_z' is not in"),
     "scale too small": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [32, 64]\n',

@@ -61,29 +61,43 @@ def fuse_config(name: str, pipeline: Pipeline, num_classes: int, has_labels: boo
     return config
 
 
-def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
-    """image (one encoded image) -> preprocess -> every member on every view -> fuse -> probs [classes]."""
+def preprocess_spec(pipeline: Pipeline) -> Pipeline:
+    """What a preprocess step needs of its pipeline, and no more: pipelines that preprocess alike share one step."""
+    return dataclasses.replace(pipeline, name="", members=(), weights=(), description="")
+
+
+def fuse_spec(pipeline: Pipeline) -> Pipeline:
+    """What a fuse step needs: how many members, their weights and the views; members are only positions to it."""
+    return dataclasses.replace(pipeline, name="", members=tuple(f"m{i}" for i in range(len(pipeline.members))),
+                               weights=tuple(pipeline.member_weights()), description="")
+
+
+def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool, preprocess: str | None = None,
+                    fuse: str | None = None) -> mc.ModelConfig:
+    """image (one encoded image) -> preprocess -> every member on every view -> fuse -> probs [classes]; the steps
+    are ``preprocess`` and ``fuse`` (models that may serve other pipelines too), ``<pipeline>_preprocess`` and
+    ``<pipeline>_fuse`` unless given."""
     config = mc.ModelConfig(name=pipeline.name, platform="ensemble", max_batch_size=0)
     config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
     output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
     if has_labels:
         output.label_filename = "labels.txt"
     steps = config.ensemble_scheduling.step
-    preprocess = steps.add(model_name=f"{pipeline.name}_preprocess", model_version=-1)
-    preprocess.input_map[INPUT] = INPUT
+    preprocess_step = steps.add(model_name=preprocess or f"{pipeline.name}_preprocess", model_version=-1)
+    preprocess_step.input_map[INPUT] = INPUT
     posteriors = []
     for view in pipeline.views():
-        preprocess.output_map[view.tensor] = view.tensor
+        preprocess_step.output_map[view.tensor] = view.tensor
     for index, member in enumerate(pipeline.members):
         for view in pipeline.views():
             step = steps.add(model_name=member, model_version=-1)
             step.input_map[INPUT] = view.tensor
             step.output_map[PROBS] = f"m{index}_{view.tensor}"
             posteriors.append(f"m{index}_{view.tensor}")
-    fuse = steps.add(model_name=f"{pipeline.name}_fuse", model_version=-1)
+    fuse_step = steps.add(model_name=fuse or f"{pipeline.name}_fuse", model_version=-1)
     for name in posteriors:
-        fuse.input_map[name] = name
-    fuse.output_map[PROBS] = PROBS
+        fuse_step.input_map[name] = name
+    fuse_step.output_map[PROBS] = PROBS
     config.response_cache.enable = True  # deterministic: a repeated image is a look-up (when the launcher has a cache)
     set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
     return config

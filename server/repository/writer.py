@@ -17,7 +17,9 @@ from server.repository.configs import (
     cascade_config,
     ensemble_config,
     fuse_config,
+    fuse_spec,
     preprocess_config,
+    preprocess_spec,
     resolve,
 )
 from server.repository.exports import export_missing
@@ -29,7 +31,9 @@ STEP_SOURCES = Path(__file__).resolve().parents[1] / "pipeline_steps"
 
 
 def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
-    """Write every pipeline's three models (and members' deployment settings); returns the paths that changed."""
+    """Write every pipeline's ensemble and its steps (and members' deployment settings); returns the paths that
+    changed. Pipelines that preprocess alike, or fuse alike, share one step model, named after the first of them by
+    name: fewer stub processes, the same answers."""
     try:
         limits = ImageLimits(**spec.limits)
     except TypeError as exc:
@@ -38,25 +42,29 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     files: dict[Path, bytes] = {}
     usage: dict[str, MemberUsage] = {}
     resolved: dict[str, Pipeline] = {}
-    for pipeline in spec.pipelines.values():
-        if isinstance(pipeline, Cascade):
-            continue
+    shared_steps: dict[tuple, str] = {}  # what a step computes -> the step model computing it for every pipeline
+    plain = sorted((p for p in spec.pipelines.values() if not isinstance(p, Cascade)), key=lambda p: p.name)
+    for pipeline in plain:
         members = [read_member(repository, m) for m in pipeline.members]
         pipeline = resolved[pipeline.name] = resolve(pipeline, members)
         for member in members:
             usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
         labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
         classes = members[0].num_classes
-        models = {
-            f"{pipeline.name}_preprocess": (preprocess_config(f"{pipeline.name}_preprocess", pipeline, limits),
-                                            STEP_SOURCES / "preprocess.py"),
-            f"{pipeline.name}_fuse": (fuse_config(f"{pipeline.name}_fuse", pipeline, classes, labels is not None),
-                                      STEP_SOURCES / "fuse.py"),
-            pipeline.name: (ensemble_config(pipeline, classes, labels is not None), None),
-        }
+        preprocess = shared_steps.setdefault(("preprocess", preprocess_spec(pipeline)), f"{pipeline.name}_preprocess")
+        fuse = shared_steps.setdefault(("fuse", fuse_spec(pipeline), classes, labels.read_bytes() if labels else None),
+                                       f"{pipeline.name}_fuse")
+        models = {pipeline.name: (ensemble_config(pipeline, classes, labels is not None, preprocess, fuse), None)}
+        if preprocess == f"{pipeline.name}_preprocess":
+            models[preprocess] = (preprocess_config(preprocess, preprocess_spec(pipeline), limits),
+                                  STEP_SOURCES / "preprocess.py")
+        if fuse == f"{pipeline.name}_fuse":
+            models[fuse] = (fuse_config(fuse, fuse_spec(pipeline), classes, labels is not None),
+                            STEP_SOURCES / "fuse.py")
         if pipeline.dense:
             windows = {m.name: m.min_input_size for m in members}
-            maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None), pipeline, windows)
+            maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None, preprocess, fuse),
+                                        pipeline, windows)
             models[maps.name] = (maps, None)
         for name, (config, source) in models.items():
             files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()

@@ -1,0 +1,222 @@
+"""What one replica costs to start and to hold: `python -m server.serve` on the default repository, measured for this
+tree and, side by side in alternating rounds, for an earlier commit of the project (a git worktree).
+
+    python -m bench.startup [--before 4bc47c6] [--rounds 3] [--out bench/results/startup.md]
+
+Per tree: seconds from the command to the gateway's first /readyz 200 (the repository already generated, caches warm
+after the first round), the Triton restart the supervisor does after a SIGKILL (to ready again), processes, PSS by
+process kind (Triton, pipeline steps, members, gateway, serve), /dev/shm in use, and per pipeline the median latency
+of the first 10 requests after ready against the steady median; for this tree also a response-cache hit against a
+miss. The earlier tree generates its own repository with its own generator (same pipelines.toml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import free_port, machine, photo_jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE_PROBE_COUNT = 10
+
+
+def stub_kind(argv: str) -> str:
+    if "triton_python_backend_stub" not in argv:
+        return "triton" if "tritonserver" in argv else "gateway" if "server.gateway" in argv else "serve"
+    model = argv.split()[1]
+    return "member" if model.endswith(".onnx") else "step"
+
+
+def processes_of(root: int) -> dict[int, str]:
+    """pid -> argv of ``root`` and everything below it."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                table[int(entry.name)] = (parent, (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    found, frontier = {root}, [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, (parent, _) in table.items() if parent == current and pid not in found]
+        found.update(children)
+        frontier += children
+    return {pid: table[pid][1] for pid in found if pid in table}
+
+
+def pss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        return sum(int(v) for v in re.findall(r"^Pss:\s+(\d+)", text, re.M)) / 1024
+    return 0.0
+
+
+def unique_photos(count: int) -> list[bytes]:
+    """The same photo with distinct bytes (a JPEG comment), so no response cache answers them."""
+    from PIL import Image
+
+    photo = Image.open(io.BytesIO(photo_jpeg((320, 214))))
+    out = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=90, comment=f"request {index}".encode())
+        out.append(buffer.getvalue())
+    return out
+
+
+def wait_ready(url: str, started: float, timeout: float = 300) -> float:
+    while time.monotonic() - started < timeout:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready within {timeout:.0f} s")
+
+
+def one_round(tree: Path, repository: Path, measure_cache: bool) -> dict:
+    port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
+    log = ROOT / "build" / "bench-startup" / f"{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "server.serve", "--repository", str(repository), "--gateway-port", str(port),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+               "--log", str(log)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with open(log.with_suffix(".serve"), "wb") as output:
+        serve = subprocess.Popen(command, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        ready_s = wait_ready(url, started)
+        pipelines = [p["name"] for p in httpx.get(url + "/v1/pipelines", timeout=30).json()["pipelines"]]
+        photos = iter(unique_photos(len(pipelines) * (PIPELINE_PROBE_COUNT + 20) + 10))
+        first, steady = {}, {}
+        for pipeline in pipelines:  # the first requests each pipeline ever gets, then steady ones
+            times = []
+            for _ in range(PIPELINE_PROBE_COUNT + 20):
+                sent = time.perf_counter()
+                response = httpx.post(f"{url}/v1/classify", params={"pipeline": pipeline}, content=next(photos),
+                                      headers={"content-type": "image/jpeg"}, timeout=60)
+                times.append((time.perf_counter() - sent) * 1000)
+                assert response.status_code == 200, response.text
+            first[pipeline] = statistics.median(times[:PIPELINE_PROBE_COUNT])
+            steady[pipeline] = statistics.median(times[PIPELINE_PROBE_COUNT:])
+        time.sleep(1)
+        tree_processes = processes_of(serve.pid)
+        by_kind: dict[str, float] = {}
+        for pid, argv in tree_processes.items():
+            kind = stub_kind(argv)
+            by_kind[kind] = by_kind.get(kind, 0.0) + pss_mb(pid)
+        shm = sum(f.stat().st_blocks * 512 for f in Path("/dev/shm").glob(f"vgg-serve-triton-{serve.pid}-*")) / 2**20
+        cache = None
+        if measure_cache:
+            photo = next(photos)
+            timings = []
+            for _ in range(11):
+                sent = time.perf_counter()
+                httpx.post(f"{url}/v1/classify", params={"pipeline": "fusion"}, content=photo,
+                           headers={"content-type": "image/jpeg"}, timeout=60)
+                timings.append((time.perf_counter() - sent) * 1000)
+            cache = (timings[0], statistics.median(timings[1:]))
+        triton = next(pid for pid, argv in tree_processes.items() if stub_kind(argv) == "triton")
+        killed = time.monotonic()
+        os.kill(triton, signal.SIGKILL)
+        while httpx.get(url + "/readyz", timeout=5).status_code == 200 and time.monotonic() - killed < 30:
+            time.sleep(0.05)
+        restart_s = wait_ready(url, killed)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(60)
+    return {"ready_s": ready_s, "restart_s": restart_s, "processes": len(tree_processes), "pss": by_kind,
+            "shm_mb": shm, "first": first, "steady": steady, "cache": cache}
+
+
+def prepare_before(commit: str) -> tuple[Path, Path]:
+    """A worktree of ``commit`` and the repository its own generator makes from its pipelines.toml."""
+    tree = ROOT / "build" / f"before-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    repository = tree / "model_repository"
+    shutil.copytree(ROOT / "model_repository", repository, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".optimized", "*_preprocess", "*_fuse", "*_maps"))
+    subprocess.run([sys.executable, "-m", "server.repository", "--spec", "pipelines.toml", "--repository",
+                    str(repository)], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
+                   capture_output=True)
+    return tree, repository
+
+
+def summary(rows: list[dict]) -> dict:
+    median = statistics.median
+    kinds = sorted({kind for row in rows for kind in row["pss"]})
+    return {
+        "ready": median(r["ready_s"] for r in rows), "restart": median(r["restart_s"] for r in rows),
+        "processes": median(r["processes"] for r in rows), "shm": median(r["shm_mb"] for r in rows),
+        "pss": {kind: median(r["pss"].get(kind, 0.0) for r in rows) for kind in kinds},
+        "first_ratio": {p: median(r["first"][p] / r["steady"][p] for r in rows) for p in rows[0]["first"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="4bc47c6", help="the commit to compare with (default 4bc47c6)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "startup.md")
+    args = parser.parse_args(argv)
+    subprocess.run([sys.executable, "-m", "server.repository", "--spec", "pipelines.toml", "--repository",
+                    "model_repository"], cwd=ROOT, check=True, capture_output=True)
+    before_tree, before_repository = prepare_before(args.before)
+    now_rows, before_rows = [], []
+    for index in range(args.rounds + 1):  # round 0 warms the optimized-model caches of both trees; not counted
+        before = one_round(before_tree, before_repository, measure_cache=False)
+        now = one_round(ROOT, ROOT / "model_repository", measure_cache=True)
+        if index:
+            before_rows.append(before)
+            now_rows.append(now)
+        print(f"round {index}: ready {before['ready_s']:.1f} s before, {now['ready_s']:.1f} s now", flush=True)
+    was, now = summary(before_rows), summary(now_rows)
+    lines = [f"\n## {datetime.date.today()}: this tree vs {args.before} — {machine()}\n",
+             f"`python -m bench.startup --before {args.before} --rounds {args.rounds}`: medians of {args.rounds} "
+             "alternating rounds after one warm-up round (caches warm), default repository.\n",
+             f"| measure | {args.before} | now | ratio |", "|---|---:|---:|---:|"]
+
+    def row(name: str, old: float, new: float, unit: str) -> None:
+        lines.append(f"| {name} | {old:.1f} {unit} | {new:.1f} {unit} | {new / old if old else float('nan'):.2f}x |")
+
+    row("`serve` to /readyz 200", was["ready"], now["ready"], "s")
+    row("Triton SIGKILLed to ready again (supervisor)", was["restart"], now["restart"], "s")
+    row("processes", was["processes"], now["processes"], "")
+    row("/dev/shm in use", was["shm"], now["shm"], "MB")
+    row("PSS, whole service", sum(was["pss"].values()), sum(now["pss"].values()), "MB")
+    for kind in sorted(set(was["pss"]) | set(now["pss"])):
+        row(f"PSS, {kind}", was["pss"].get(kind, 0.0), now["pss"].get(kind, 0.0), "MB")
+    for pipeline in sorted(now["first_ratio"]):
+        old = was["first_ratio"].get(pipeline, float("nan"))
+        lines.append(f"| first {PIPELINE_PROBE_COUNT} requests / steady, p50, `{pipeline}` | {old:.2f}x | "
+                     f"{now['first_ratio'][pipeline]:.2f}x | |")
+    miss, hit = statistics.median(r["cache"][0] for r in now_rows), statistics.median(r["cache"][1] for r in now_rows)
+    lines.append(f"| `fusion`: response-cache miss / hit, through the gateway | | {miss:.1f} / {hit:.1f} ms | |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.out.exists():
+        args.out.write_text("# One replica's start-up and memory (python -m bench.startup)\n")
+    with args.out.open("a") as handle:
+        handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -117,7 +117,7 @@ def load_level(make_call: Callable[[], Callable[[], None]], metrics_url: str, co
 
 
 def measure(repository: Path, pipelines: list[str], levels: list[int], seconds: float) -> dict:
-    from server.pipeline_spec import load_spec
+    from server.spec_file import load_spec
     from server.triton_launcher import TritonServer
 
     spec = load_spec(ROOT / "pipelines.toml")

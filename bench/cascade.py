@@ -30,8 +30,9 @@ from onnx import shape_inference
 from bench.accuracy import EvaluationError, image_folder
 from bench.common import free_port
 from server.cascade_spec import Cascade, confidence, stops_at, view_units
-from server.pipeline_spec import Pipeline, Spec, SpecError, View, load_spec
+from server.pipeline_spec import Pipeline, Spec, SpecError, View
 from server.repository import generate, read_member, resolve
+from server.spec_file import load_spec
 from server.triton_launcher import LaunchError, TritonServer
 from vgg.imaging import ImageLimits, decode_rgb, rescaled_size
 

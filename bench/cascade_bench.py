@@ -30,8 +30,9 @@ from bench.common import free_port, machine, publish
 from client.contract import CASCADE_OUTPUTS, INPUT, PROBS
 from server.cascade_spec import Cascade, stops_at
 from server.gateway.triton_http import classification_request
-from server.pipeline_spec import Spec, SpecError, load_spec
+from server.pipeline_spec import Spec, SpecError
 from server.repository import read_member
+from server.spec_file import load_spec
 from server.triton_launcher import LaunchError, TritonServer
 from vgg.imaging import ImageLimits, decode_rgb
 

@@ -37,8 +37,8 @@ from bench.cascade_bench import images_per_s
 from bench.common import free_port, machine, photo_jpeg, publish
 from bench.served import direct_caller
 from client.contract import CASCADE_OUTPUTS
-from server.pipeline_spec import load_spec
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 from vgg.imaging import ImageLimits, decode_rgb, dense_views, rescale
 from vgg.runtimes import OnnxRuntimeRunner, SessionSettings

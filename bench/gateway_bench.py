@@ -57,8 +57,8 @@ scales = [224]
 
 def build_vgg11_repository(folder: Path, threads: int) -> Path:
     """A full-size VGG-11 behind a `fast` pipeline, as a user would build it: checkpoint, exporter, generator."""
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
 
     repository = folder / "repository"
     export(random_checkpoints(folder, {"vgg11": "A"})["vgg11"], repository, "vgg11", threads)

@@ -50,8 +50,8 @@ PLAIN_TRITON, PLAIN_GATEWAY = "Triton, plain ensemble", "gateway, plain"
 
 def build_repository(folder: Path) -> Path:
     from export.to_onnx import main as export_main
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
 
     repository = folder / "repository"
     for name in ("vgg_a", "vgg_b", "vgg_d"):

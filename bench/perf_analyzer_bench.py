@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perf_analyzer_bench: {exc}", file=sys.stderr)
         return 1
 
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
     from server.triton_launcher import TritonServer
 
     image = photo_jpeg((500, 333))

@@ -23,8 +23,8 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 
 from bench.common import free_port, machine, median_ms, photo_jpeg, publish
-from server.pipeline_spec import load_spec
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 from vgg.imaging import ImageLimits, decode_rgb, dense_views, rescale
 

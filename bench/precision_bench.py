@@ -140,8 +140,8 @@ def bare(suite: Suite, repository: Path, checkpoint: Path, folder: Path, repeats
 
 def served(suite: Suite, repository: Path, image: bytes, image_size: tuple[int, int], folder: Path, repeats: int,
            concurrency: int) -> tuple[list[Result], list[str]]:
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
     from server.triton_launcher import TritonServer
 
     spec = folder / f"spec-{suite.section}.toml"

@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or (results / "ray.md" if args.nets == "demo" else results / "ray_full_size.md")
 
     from client import Client
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
     from server.triton_launcher import TritonServer
 
     c = args.concurrency

@@ -26,8 +26,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from bench.build import calibration_photos, export, random_checkpoints
 from bench.common import free_port, machine, photo_jpeg, publish
 from bench.served import under_load
-from server.pipeline_spec import load_spec
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent

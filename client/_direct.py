@@ -26,6 +26,7 @@ from client.contract import (
     GRPC_KEY_HEADER,
     IMAGE_ERRORS,
     INPUT,
+    INVALID_IMAGE,
     KEY_ENV,
     KEY_FILE_ENV,
     KIND_PARAMETER,
@@ -101,7 +102,7 @@ def map_error(exc: Exception) -> ClientError:
     if "unknown model" in message.lower() or status == "StatusCode.NOT_FOUND":
         return ClientError(404, "unknown_pipeline", message)
     if status == "StatusCode.INVALID_ARGUMENT":
-        return ClientError(422, "invalid_image", message.strip().splitlines()[0] if message.strip() else "")
+        return ClientError(422, INVALID_IMAGE, message.strip().splitlines()[0] if message.strip() else "")
     return ClientError(502, "triton_error", message)
 
 
@@ -180,7 +181,7 @@ def prepare_request(module: Any, pipelines: dict, data: bytes, top_k: int, pipel
         raise ClientError(404, "unknown_pipeline",
                           f"unknown pipeline {name!r}; available: {', '.join(sorted(pipelines)) or 'none'}")
     if not data:
-        raise ClientError(422, "invalid_image", "the image is empty")
+        raise ClientError(422, INVALID_IMAGE, "the image is empty")
     k = min(top_k, info.num_classes) if info.num_classes else top_k
     tensor, output = request_parts(module, data, k)
     return info, tensor, output

@@ -17,8 +17,8 @@ from pathlib import Path
 from client.errors import ClientError
 from client.images import IMAGE_SUFFIXES
 from client.inputs import check_options, iter_paths
-from client.output import open_result_file
 from client.progress import Progress
+from client.result_files import open_result_file
 from client.sync_client import DEFAULT_URL, Client
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -21,11 +21,14 @@ CASCADE_OUTPUTS = ("stage", "stages")
 # Model parameters: a pipeline's spec (JSON) marks an ensemble or cascade as a pipeline; the kind tells a cascade.
 SPEC_PARAMETER = "pipeline.spec"
 KIND_PARAMETER = "pipeline.kind"
+LIMITS_PARAMETER = "image.limits"  # a step's decode limits (JSON of vgg.imaging.ImageLimits)
+MIN_INPUT_SIZE_PARAMETER = "vgg.min_input_size"  # a member's smallest input: its training size
 CASCADE_KIND = "cascade"
 DEFAULT_PIPELINE = "fast"  # what a request without `pipeline` gets when nothing else is configured
 
 # An image's own faults, raised by the steps as "[code] message" and answered with these HTTP statuses.
-IMAGE_ERRORS = {"invalid_image": 422, "image_too_large": 413, "image_too_small": 422}
+INVALID_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_SMALL = "invalid_image", "image_too_large", "image_too_small"
+IMAGE_ERRORS = {INVALID_IMAGE: 422, IMAGE_TOO_LARGE: 413, IMAGE_TOO_SMALL: 422}
 _IMAGE_ERROR = re.compile(r"\[(" + "|".join(IMAGE_ERRORS) + r")\]\s*(.*)", re.DOTALL)
 
 # Triton's access key: every API but health needs it (server/triton_access.py enforces it).

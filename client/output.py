@@ -48,15 +48,6 @@ def is_final(row: dict[str, Any]) -> bool:
     return (400 <= status < 500 and status != 429) or row.get("error_code") == "read_error"
 
 
-def open_result_file(path: str | Path) -> ResultFile:
-    """A ResultFile, or for ``.parquet`` a ParquetResultFile (same methods; needs pyarrow)."""
-    if Path(path).suffix.lower() == ".parquet":
-        from client.parquet_output import ParquetResultFile
-
-        return ParquetResultFile(path)  # type: ignore[return-value]
-    return ResultFile(path)
-
-
 class ResultFile:
     """An append-only CSV or JSONL result file with resume support."""
 

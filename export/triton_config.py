@@ -13,6 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from client.contract import MIN_INPUT_SIZE_PARAMETER
 from export.onnx_graph import INPUT_NAME, PROBS_NAME, SCORES_NAME, Normalization
 from vgg.nets import VGGConfig
 from vgg.staging import staging_dir
@@ -49,7 +50,7 @@ def model_config(name: str, vgg: VGGConfig, normalization: Normalization, servin
         "intra_op_spinning": str(int(serving.intra_op_spinning)),
         "vgg.architecture": json.dumps(vgg.to_dict()),
         "vgg.normalization": json.dumps(asdict(normalization)),
-        "vgg.min_input_size": str(vgg.training_size),
+        MIN_INPUT_SIZE_PARAMETER: str(vgg.training_size),
     }
     for key, value in params.items():
         config.parameters[key].string_value = value

@@ -81,9 +81,6 @@ class Cascade:
                    rule=data["rule"], instances=data["instances"], description=data["description"],
                    stage_pipelines=stages)
 
-    def with_thresholds(self, thresholds: tuple[float, ...]) -> Cascade:
-        return replace(self, thresholds=tuple(float(t) for t in thresholds))
-
 
 CASCADE_KEYS = ("stages", "thresholds", "rule", "instances", "description")
 

@@ -118,10 +118,6 @@ class StubHealer:
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(10)
 
-    def unhealthy_models(self) -> set[str]:
-        """Models with a broken stub not yet replaced: the launcher's own view of what cannot answer fully."""
-        return set(self.broken)
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s) and self.alive():
             try:

@@ -17,8 +17,9 @@ from tritonclient.utils import InferenceServerException
 from client import Client
 from export.checkpoint import load_vgg
 from server.cascade_spec import confidence, stops_at
-from server.pipeline_spec import SpecError, load_spec
+from server.pipeline_spec import SpecError
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 
 BASE_SPEC = (TESTS / "pipelines.toml").read_text()

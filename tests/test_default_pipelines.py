@@ -14,8 +14,9 @@ from support.reference_protocol import pipeline_posterior
 
 from export.checkpoint import load_vgg
 from server.cascade_spec import Cascade, stops_at
-from server.pipeline_spec import Spec, load_spec
+from server.pipeline_spec import Spec
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 from train import demo_data
 from vgg.nets import VGG

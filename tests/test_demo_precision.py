@@ -13,8 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import free_port
 
-from server.pipeline_spec import load_spec
 from server.repository import generate
+from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 from train import demo_data
 

@@ -30,7 +30,7 @@ from support.gateway import (
     wait_for_metric,
 )
 
-from server.pipeline_spec import load_spec
+from server.spec_file import load_spec
 
 pytest_plugins = ("support.gateway",)
 SPEC = load_spec(TESTS / "pipelines.toml")

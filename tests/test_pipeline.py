@@ -16,7 +16,7 @@ from support.reference_protocol import pipeline_posterior
 from tritonclient.utils import InferenceServerException
 
 from export.checkpoint import load_vgg
-from server.pipeline_spec import load_spec
+from server.spec_file import load_spec
 
 SPEC = load_spec(TESTS / "pipelines.toml")
 

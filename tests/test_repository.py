@@ -10,9 +10,10 @@ from conftest import TESTS
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.pipeline_spec import SpecError, load_spec
+from server.pipeline_spec import SpecError
 from server.repository import generate
 from server.repository import main as repository_main
+from server.spec_file import load_spec
 
 
 @pytest.fixture()

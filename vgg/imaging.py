@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from client.contract import image_error
+from client.contract import IMAGE_TOO_LARGE, IMAGE_TOO_SMALL, INVALID_IMAGE, image_error
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes multi-picture (MPO) phone photos
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
@@ -35,24 +35,24 @@ class ImageLimits:
 def decode_rgb(data: bytes, limits: ImageLimits) -> Image.Image:
     """Bytes -> upright 8-bit RGB image, or ImageRejected."""
     if not data:
-        raise ImageRejected(image_error("invalid_image", "empty image data"))
+        raise ImageRejected(image_error(INVALID_IMAGE, "empty image data"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected(image_error("invalid_image", f"not a supported image ({', '.join(FORMATS)})")) from None
+        raise ImageRejected(image_error(INVALID_IMAGE, f"not a supported image ({', '.join(FORMATS)})")) from None
     except (OSError, ValueError) as exc:
-        raise ImageRejected(image_error("invalid_image", f"unreadable image header: {exc}")) from None
+        raise ImageRejected(image_error(INVALID_IMAGE, f"unreadable image header: {exc}")) from None
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise ImageRejected(image_error("image_too_large", f"{width}x{height} is {width * height:,} pixels; the limit "
+        raise ImageRejected(image_error(IMAGE_TOO_LARGE, f"{width}x{height} is {width * height:,} pixels; the limit "
                                         f"is {limits.max_pixels:,}"))
     if min(width, height) < limits.min_side:
-        raise ImageRejected(image_error("image_too_small", f"{width}x{height}: the smaller side must be at least "
+        raise ImageRejected(image_error(IMAGE_TOO_SMALL, f"{width}x{height}: the smaller side must be at least "
                                         f"{limits.min_side}"))
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
-        raise ImageRejected(image_error("invalid_image", f"aspect ratio of {width}x{height} exceeds "
+        raise ImageRejected(image_error(INVALID_IMAGE, f"aspect ratio of {width}x{height} exceeds "
                                         f"{limits.max_aspect_ratio:g}:1"))
     try:
         image.seek(0)  # GIF/TIFF: the first frame
@@ -60,7 +60,7 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> Image.Image:
         ImageOps.exif_transpose(image, in_place=True)  # in place: a copy of a 12 MP photo costs milliseconds
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageRejected(image_error("invalid_image", f"corrupt or truncated {image.format} data: {exc}")) from None
+        raise ImageRejected(image_error(INVALID_IMAGE, f"corrupt or truncated {image.format} data: {exc}")) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client.contract import find_image_error
+from client.contract import INVALID_IMAGE, find_image_error
 from server.gateway.triton_http import TritonHttpError
 
 log = logging.getLogger("server.gateway")
@@ -57,7 +57,7 @@ def from_triton(exc: TritonHttpError) -> ApiError:
     if exc.unavailable:
         return TritonUnavailable()
     if exc.status == 400:
-        return ApiError(422, "invalid_image", _first_line(exc.message))
+        return ApiError(422, INVALID_IMAGE, _first_line(exc.message))
     log.warning("Triton error %s: %s", exc.status, exc.message)
     return ApiError(502, "triton_error", "the inference server failed to process the request")
 

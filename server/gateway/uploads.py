@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
+from client.contract import INVALID_IMAGE
 from server.gateway.errors import ApiError
 
 IMAGE_TYPES = frozenset({
@@ -72,7 +73,7 @@ def too_many_files(max_files: int) -> ApiError:
 
 
 def empty_image() -> ApiError:
-    return ApiError(422, "invalid_image", "the image is empty")
+    return ApiError(422, INVALID_IMAGE, "the image is empty")
 
 
 def too_large(limit: int) -> ApiError:

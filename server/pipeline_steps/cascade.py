@@ -15,7 +15,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import INPUT, PROBS, SPEC_PARAMETER
+from client.contract import INPUT, LIMITS_PARAMETER, PROBS, SPEC_PARAMETER
 from server.cascade_spec import Cascade, confidence, view_units
 from server.pipeline_spec import Pipeline, View
 from server.pipeline_steps.fuse import fuse
@@ -32,7 +32,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.cascade = Cascade.from_json(parameters[SPEC_PARAMETER]["string_value"])
-        self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+        self.limits = ImageLimits(**json.loads(parameters[LIMITS_PARAMETER]["string_value"]))
         self.marker = Marker(args["model_config"], calls_models=True)
 
     @watched

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import triton_python_backend_utils as pb_utils
 
-from client.contract import INPUT, SPEC_PARAMETER, image_error
+from client.contract import INPUT, INVALID_IMAGE, LIMITS_PARAMETER, SPEC_PARAMETER, image_error
 from server.pipeline_spec import Pipeline
 from server.step_watch import Marker, watched
 from vgg.imaging import ImageLimits, ImageRejected, decode_rgb, dense_views, grid_crops, rescale
@@ -25,7 +25,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
-        self.limits = ImageLimits(**json.loads(parameters["image.limits"]["string_value"]))
+        self.limits = ImageLimits(**json.loads(parameters[LIMITS_PARAMETER]["string_value"]))
         self.marker = Marker(args["model_config"])
 
     @watched
@@ -52,13 +52,13 @@ def decode_request(request: object, limits: ImageLimits) -> Image.Image | str:
     preprocess step and the cascade answer bad input alike)."""
     data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
     if data.size != 1:
-        return image_error("invalid_image", f"expected one encoded image per request, got {data.size}")
+        return image_error(INVALID_IMAGE, f"expected one encoded image per request, got {data.size}")
     try:
         return decode_rgb(bytes(data.reshape(-1)[0]), limits)
     except ImageRejected as exc:
         return str(exc)
     except Exception as exc:  # decoders meet hostile bytes with all kinds of exceptions; none may escape
-        return image_error("invalid_image", f"undecodable image ({type(exc).__name__}: {exc})")
+        return image_error(INVALID_IMAGE, f"undecodable image ({type(exc).__name__}: {exc})")
 
 
 def _error(message: str) -> object:

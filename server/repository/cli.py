@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.pipeline_spec import SpecError, load_spec
+from server.pipeline_spec import SpecError
 from server.repository.exports import PROJECT_ROOT
 from server.repository.writer import generate
+from server.spec_file import load_spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import json
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, PROBS, SPEC_PARAMETER
+from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, LIMITS_PARAMETER, PROBS, SPEC_PARAMETER
 from server.cascade_spec import Cascade
 from server.pipeline_spec import Pipeline, SpecError
 from server.repository.members import Member
@@ -44,7 +44,7 @@ def preprocess_config(name: str, pipeline: Pipeline, limits: ImageLimits) -> mc.
         config.output.add(name=view.tensor, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=pipeline.preprocess_instances)
     set_parameters(config, {SPEC_PARAMETER: pipeline.to_json(),
-                             "image.limits": json.dumps(dataclasses.asdict(limits))})
+                             LIMITS_PARAMETER: json.dumps(dataclasses.asdict(limits))})
     return config
 
 
@@ -115,7 +115,7 @@ def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits:
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cascade.instances)
     config.response_cache.enable = True
     set_parameters(config, {SPEC_PARAMETER: cascade.to_json(), KIND_PARAMETER: CASCADE_KIND,
-                             "image.limits": json.dumps(dataclasses.asdict(limits))})
+                             LIMITS_PARAMETER: json.dumps(dataclasses.asdict(limits))})
     return config
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client.contract import PROBS
+from client.contract import MIN_INPUT_SIZE_PARAMETER, PROBS
 from server.pipeline_spec import SpecError
 
 
@@ -31,7 +31,7 @@ def read_member(repository: Path, name: str) -> Member:
     probs = next((o for o in config.output if o.name == PROBS), None)
     if probs is None:
         raise SpecError(f"model {name!r} has no 'probs' output; export it with export/to_onnx.py")
-    min_size = config.parameters["vgg.min_input_size"].string_value if "vgg.min_input_size" in config.parameters \
-        else "0"
+    parameters = config.parameters
+    min_size = parameters[MIN_INPUT_SIZE_PARAMETER].string_value if MIN_INPUT_SIZE_PARAMETER in parameters else "0"
     labels = repository / name / probs.label_filename if probs.label_filename else None
     return Member(name, int(probs.dims[-1]), int(min_size), labels)

@@ -47,8 +47,8 @@ mode = "multi-crop"
 def maps_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo nets exported and the pipelines above generated, by the project's own tools."""
     from export.to_onnx import main as export_main
-    from server.pipeline_spec import load_spec
     from server.repository import generate
+    from server.spec_file import load_spec
 
     repository = tmp_path_factory.mktemp("maps_repository")
     for name in ("vgg_a", "vgg_d"):

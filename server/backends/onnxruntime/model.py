@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import image_error
+from client.contract import MIN_INPUT_SIZE_PARAMETER, image_error
 from server.step_watch import Marker, watched
 from vgg.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
@@ -41,7 +41,7 @@ class TritonPythonModel:
             raise RuntimeError(f"{self.name}: {exc}") from None
         self.input_names, self.output_names = self.runner.input_names, self.runner.output_names
         self.batching = int(config.get("max_batch_size", 0)) > 0
-        self.min_input_size = int(_parameter(config, "vgg.min_input_size", "0"))
+        self.min_input_size = int(_parameter(config, MIN_INPUT_SIZE_PARAMETER, "0"))
         self.marker = Marker(config)
 
     @watched

@@ -16,6 +16,7 @@ from client.contract import INVALID_IMAGE, find_image_error
 from server.gateway.triton_http import TritonHttpError
 
 log = logging.getLogger("server.gateway")
+SHARED_MEMORY_FULL = "Failed to increase the shared memory pool size"  # Triton's Python backend, /dev/shm full
 
 # Codes the preprocess step puts in brackets at the start of its message (the Triton side's contract).
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -56,6 +57,11 @@ def from_triton(exc: TritonHttpError) -> ApiError:
         return TritonUnavailable("a step of this pipeline is being restarted; retry shortly")
     if exc.unavailable:
         return TritonUnavailable()
+    if SHARED_MEMORY_FULL in exc.message:  # a request's tensors outgrew the stubs' /dev/shm: the server's limit
+        log.warning("Triton is out of shared memory: %s", _first_line(exc.message))
+        return ApiError(503, "insufficient_shared_memory", "the inference server's shared memory (/dev/shm) is too "
+                        "small for this request now; retry later, or give the server more (--shm-size)",
+                        {"Retry-After": "1"})
     if exc.status == 400:
         return ApiError(422, INVALID_IMAGE, _first_line(exc.message))
     log.warning("Triton error %s: %s", exc.status, exc.message)

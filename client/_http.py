@@ -44,6 +44,8 @@ def check(response: httpx.Response) -> Any:
         body = response.text
     if response.status_code >= 400:
         raise from_response(response.status_code, body, dict(response.headers))
+    if isinstance(body, dict) and "x-request-id" in response.headers:
+        body["request_id"] = response.headers["x-request-id"]  # read back by the results parsed from the body
     return body
 
 
@@ -53,12 +55,14 @@ def parse_classification(body: dict[str, Any]) -> Classification:
 
 def parse_batch(body: dict[str, Any]) -> list[Classification | ClientError]:
     out: list[Classification | ClientError] = []
+    request_id = body.get("request_id")  # one request for the whole batch
     for item in body["results"]:
         if item.get("result") is not None:
-            out.append(Classification.from_json(item["result"]))
+            out.append(Classification.from_json({**item["result"], "request_id": request_id}))
         else:
             error = item.get("error") or {}
-            out.append(ClientError(int(item.get("status", 0)), error.get("code", "error"), error.get("message", "")))
+            out.append(ClientError(int(item.get("status", 0)), error.get("code", "error"), error.get("message", ""),
+                                   request_id=request_id))
     return out
 
 

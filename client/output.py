@@ -20,7 +20,7 @@ from client.errors import ClientError
 from client.results import ScoreResult
 
 CSV_FIELDS = ("path", "status", "pipeline", "label", "index", "score", "predictions", "models",
-              "error_status", "error_code", "error_message")
+              "error_status", "error_code", "error_message", "request_id")
 
 
 def result_row(result: ScoreResult) -> dict[str, Any]:
@@ -31,9 +31,13 @@ def result_row(result: ScoreResult) -> dict[str, Any]:
         row.update(status="ok", pipeline=c.pipeline, label=c.top.label, index=c.top.index, score=c.top.score,
                    predictions=[{"label": p.label, "index": p.index, "score": p.score} for p in c.predictions],
                    models=dict(c.models))
+        request_id = c.request_id
     else:
         error: ClientError = result.error
         row.update(status="error", error_status=error.status, error_code=error.code, error_message=error.message)
+        request_id = error.request_id
+    if request_id:  # the gateway's ID: the row's way into its access log (none in direct mode)
+        row["request_id"] = request_id
     return row
 
 
@@ -67,7 +71,7 @@ class ResultFile:
         self._cut_torn_tail()
         rows = self.read_rows()
         kept = [row for row in rows if is_final(row)]
-        if len(kept) != len(rows):
+        if len(kept) != len(rows) or not self._header_is_current():
             self._write_all(kept)
         return {row["path"] for row in kept}
 
@@ -113,6 +117,13 @@ class ResultFile:
         buffer = io.StringIO()
         csv.DictWriter(buffer, CSV_FIELDS, lineterminator="\n").writerow(flat)
         return buffer.getvalue()
+
+    def _header_is_current(self) -> bool:
+        """A CSV written by an older client (other columns) is rewritten before rows are appended to it."""
+        if self.format != "csv":
+            return True
+        with open(self.path, encoding="utf-8") as handle:
+            return handle.readline() == self._header()
 
     def _header(self) -> str:
         return ",".join(CSV_FIELDS) + "\n" if self.format == "csv" else ""

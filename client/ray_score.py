@@ -150,10 +150,10 @@ def result_from_row(row: dict[str, Any]) -> ScoreResult:
     """The ScoreResult an actor's row stands for (the inverse of ``result_row``)."""
     if row["status"] == "ok":
         predictions = tuple(Prediction(p["label"], int(p["index"]), float(p["score"])) for p in row["predictions"])
-        return ScoreResult(row["path"], classification=Classification(predictions, row["pipeline"],
-                                                                      dict(row["models"])))
+        return ScoreResult(row["path"], classification=Classification(
+            predictions, row["pipeline"], dict(row["models"]), request_id=row.get("request_id")))
     return ScoreResult(row["path"], error=ClientError(int(row["error_status"]), row["error_code"],
-                                                      row["error_message"]))
+                                                      row["error_message"], request_id=row.get("request_id")))
 
 
 class RayJob:

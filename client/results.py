@@ -24,6 +24,7 @@ class Classification:
     maps: dict[str, Any] | None = None  # the score maps' JSON (docs/maps.md), when asked for with maps=True
     stage: str | None = None  # cascades only: the stage (a pipeline) that answered
     stages: tuple[str, ...] = ()  # cascades only: the stages run, in order
+    request_id: str | None = None  # the gateway's ID of the request that answered (its X-Request-ID)
 
     @property
     def top(self) -> Prediction:
@@ -35,7 +36,7 @@ class Classification:
                                      for p in data["predictions"]),
                    pipeline=str(data["pipeline"]), models=dict(data.get("models", {})),
                    timing_ms=float(data.get("timing_ms", 0.0)), maps=data.get("maps"), stage=data.get("stage"),
-                   stages=tuple(data.get("stages") or ()))
+                   stages=tuple(data.get("stages") or ()), request_id=data.get("request_id"))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from server.gateway.errors import install_handlers
 from server.gateway.metrics import MetricsMiddleware
 from server.gateway.page import add_page
 from server.gateway.raw_body import RawBodyClassify
+from server.gateway.request_context import RequestContext
 from server.gateway.routes import classify, health, pipelines
 from server.gateway.services import build_services
 
@@ -38,8 +39,10 @@ def create_app(settings: Settings) -> FastAPI:
     for routes in (classify_routes, pipelines.router(services), health.router(services)):
         app.router.routes.extend(routes.routes)  # their own routes, complete: include_router would add a lookup
     add_page(app)
-    # Outermost last: metrics see every request, including those the raw-body route answers without FastAPI's routing.
+    # Outermost last: metrics see every request, including those the raw-body route answers without FastAPI's routing;
+    # the request's context (its ID, the access log) wraps them all.
     classify_route = next(r for r in classify_routes.routes if getattr(r, "path", None) == "/v1/classify")
     app.add_middleware(RawBodyClassify, services=services, route=classify_route)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestContext, log_format=settings.access_log)
     return app

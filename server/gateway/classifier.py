@@ -17,6 +17,7 @@ from server.gateway.errors import ApiError, from_triton
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth, canary_image
 from server.gateway.pipelines import PipelineCatalog, ServedPipeline
+from server.gateway.request_context import add_triton_ms, note, request_id
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.score_maps import infer_maps, lay_out, upright_size
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
@@ -95,12 +96,13 @@ class Classifier:
             self.health.unhealthy_step(pipeline.name, message)
 
         extra = CASCADE_OUTPUTS if pipeline.mode == "cascade" else ()
+        rid = request_id()
         if maps:  # answers (top-k, the maps' tensors)
             request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
-                                        outputs=[view["tensor"] for view in pipeline.maps["views"]])
+                                        outputs=[view["tensor"] for view in pipeline.maps["views"]], request_id=rid)
         else:  # answers (top-k, the extra outputs)
             request = functools.partial(TritonHttpClient.classify_with, model=pipeline.name, input_name=INPUT,
-                                        output_name=PROBS, data=image, top_k=k, extra=extra)
+                                        output_name=PROBS, data=image, top_k=k, extra=extra, request_id=rid)
         call = asyncio.ensure_future(self.pool.call(request, on_unhealthy_step=broken_step,
                                                     step_retries=step_retries))
         outcome = "ok"
@@ -125,6 +127,9 @@ class Classifier:
             if count and outcome != "ok":
                 self.metrics.images.labels(pipeline.name, outcome).inc()
         elapsed = time.perf_counter() - started
+        if count:
+            add_triton_ms(elapsed * 1000)
+            note(pipeline=pipeline.name)
         if not unhealthy:
             self.health.clean_answer(pipeline.name)
         if count:
@@ -137,6 +142,7 @@ class Classifier:
             body["maps"] = lay_out(pipeline.maps, extras, classes, upright_size(image))
         if extra:  # a cascade: which stage answered, and which ran
             body["stage"], body["stages"] = (extras["stage"] or [""])[0], extras["stages"]
+            note(stage=body["stage"])
             if count:
                 self.metrics.cascade_answers.labels(pipeline.name, body["stage"]).inc()
         return body

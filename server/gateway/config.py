@@ -15,6 +15,7 @@ from pathlib import Path
 from server.triton_access import KEY_ENV, KEY_FILE_ENV, AccessKeyError, is_loopback, read_key
 
 ENV_PREFIX = "VGG_GATEWAY_"
+ACCESS_LOG_FORMATS = ("json", "text", "off")
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,7 @@ class Settings:
     batch_concurrency: int = 8  # concurrent Triton requests for one batch request
     retry_after_s: int = 1
     log_level: str = "info"
+    access_log: str = "json"  # one line per request: "json", "text" or "off"
 
     def validate(self) -> Settings:
         """Raise ConfigError on nonsense and on an open, non-loopback bind without an explicit opt-in."""
@@ -63,6 +65,8 @@ class Settings:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.access_log not in ACCESS_LOG_FORMATS:
+            raise ConfigError(f"access_log must be one of {', '.join(ACCESS_LOG_FORMATS)}, got {self.access_log!r}")
         if self.max_queue < 0:
             raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 < self.port < 65536:
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "port":
             parser.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", help="one line per request: json (default), text or off (env ACCESS_LOG)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit without serving")
     return parser
@@ -158,7 +163,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         values["triton_key"] = read_key(args.triton_key_file, env)
     except AccessKeyError as exc:
         raise ConfigError(str(exc)) from None
-    for name in ("host", "default_pipeline", "log_level"):
+    for name in ("host", "default_pipeline", "log_level", "access_log"):
         value = pick(name, getattr(args, name))
         if value:
             values[name] = value

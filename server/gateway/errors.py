@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from client.contract import INVALID_IMAGE, find_image_error
+from server.gateway.request_context import note, request_id
 from server.gateway.triton_http import TritonHttpError
 
 log = logging.getLogger("server.gateway")
@@ -38,7 +39,13 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        """The HTTP answer: the body, with the request's ID when there is one (server/gateway/request_context.py)."""
+        body = self.body()
+        rid = request_id()
+        if rid:
+            body["error"]["request_id"] = rid
+        note(error_code=self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class TritonUnavailable(ApiError):

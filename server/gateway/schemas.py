@@ -51,6 +51,8 @@ class ScoreMaps(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_image, overloaded")
     message: str
+    request_id: str | None = Field(None, description="The request's ID, as in its X-Request-ID header and the "
+                                                     "gateway's access log")
 
 
 class ErrorResponse(BaseModel):

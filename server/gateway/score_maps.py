@@ -30,21 +30,22 @@ VALUES = ("probs: softmax over all classes at each cell (comparable across cells
 _SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90 degrees: the preprocess step turns the image upright
 
 
-def maps_request(outputs: list[str], data: bytes, top_k: int) -> tuple[bytes, int]:
+def maps_request(outputs: list[str], data: bytes, top_k: int, request_id: str | None = None) -> tuple[bytes, int]:
     """(body, JSON header length) of a v2 inference request: the image as one BYTES element, top-k as the
     classification extension's strings (JSON) and the score maps as binary tensors."""
     wanted = [{"name": PROBS, "parameters": {"classification": top_k, "binary_data": False}}]
     wanted += [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    header = json.dumps({"inputs": [{"name": INPUT, "shape": [1], "datatype": "BYTES",
+    header = json.dumps({**({"id": request_id} if request_id else {}),
+                         "inputs": [{"name": INPUT, "shape": [1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(data) + 4}}],
                          "outputs": wanted}, separators=(",", ":")).encode()
     return header + struct.pack("<I", len(data)) + data, len(header)
 
 
 async def infer_maps(client: TritonHttpClient, model: str, outputs: list[str], data: bytes,
-                     top_k: int) -> tuple[list[str], dict[str, np.ndarray]]:
+                     top_k: int, request_id: str | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
     """(Triton's top-k strings, output name -> float32 score maps [views, classes, h, w])."""
-    body, header_length = maps_request(outputs, data, top_k)
+    body, header_length = maps_request(outputs, data, top_k, request_id)
     status, payload = await client.request(
         "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
         b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n" % header_length)

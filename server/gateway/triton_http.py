@@ -183,9 +183,11 @@ class TritonHttpClient:
         return (await self.classify_with(model, input_name, output_name, data, top_k, ()))[0]
 
     async def classify_with(self, model: str, input_name: str, output_name: str, data: bytes, top_k: int,
-                            extra: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
-        """classify, plus the named ``extra`` outputs as JSON lists (a cascade's `stage` and `stages`)."""
-        body, header_length = classification_request(input_name, output_name, data, top_k, extra)
+                            extra: tuple[str, ...], request_id: str | None = None,
+                            ) -> tuple[list[str], dict[str, list[str]]]:
+        """classify, plus the named ``extra`` outputs as JSON lists (a cascade's `stage` and `stages`); the
+        request carries ``request_id`` as Triton's request ID."""
+        body, header_length = classification_request(input_name, output_name, data, top_k, extra, request_id)
         status, payload = await self.request(
             "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
             b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n" % header_length)
@@ -204,13 +206,14 @@ class TritonHttpClient:
 
 
 def classification_request(input_name: str, output_name: str, data: bytes, top_k: int,
-                           extra: tuple[str, ...] = ()) -> tuple[bytes, int]:
+                           extra: tuple[str, ...] = (), request_id: str | None = None) -> tuple[bytes, int]:
     """(body, length of its JSON header) of a v2 inference request: ``data`` as one BYTES element in the binary
     tensor extension's framing (4-byte little-endian length, then the bytes), top-k asked of the classification
     extension as JSON strings."""
-    header = (b'{"inputs":[{"name":"%s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}],'
+    identity = json.dumps({"id": request_id}).encode()[1:-1] + b"," if request_id else b""
+    header = (b'{%s"inputs":[{"name":"%s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}],'
               b'"outputs":[{"name":"%s","parameters":{"classification":%d,"binary_data":false}}%s]}'
-              % (input_name.encode(), len(data) + 4, output_name.encode(), top_k,
+              % (identity, input_name.encode(), len(data) + 4, output_name.encode(), top_k,
                  b"".join(b',{"name":"%s","parameters":{"binary_data":false}}' % name.encode() for name in extra)))
     return header + struct.pack("<I", len(data)) + data, len(header)
 

@@ -112,7 +112,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"], body  # the same ID as the response's
     assert body["error"]["code"] == code, body
     assert body["error"]["message"], body
     assert "Traceback" not in response.text and 'File "' not in response.text, response.text

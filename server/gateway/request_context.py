@@ -1,0 +1,124 @@
+"""One request, followed: its ID (the caller's ``X-Request-ID`` when well-formed, else a new one) on the response, in
+error bodies and in the Triton request, and one access-log line when it is answered.
+
+The outermost middleware opens a ``Record`` for each HTTP request in a context variable; the routes, the classifier
+and the error handlers add what they learn (pipeline, Triton's time, the cascade's stage, the error code) without
+passing it around. The access log is one JSON object per line (``--access-log json``, the default), a plain line
+(``text``) or nothing (``off``); it never holds image bytes, API keys or Triton's key: only the fields below.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.gateway.metrics import route_template
+
+HEADER = "x-request-id"
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_current: contextvars.ContextVar[Record | None] = contextvars.ContextVar("vgg_gateway_request", default=None)
+access_log = logging.getLogger("server.gateway.access")
+
+
+@dataclass
+class Record:
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    bytes_in: int = 0
+    pipeline: str = ""
+    stage: str = ""
+    error_code: str = ""
+    triton_ms: float = 0.0
+
+
+def request_id() -> str | None:
+    """The ID of the request being served in this context, if any."""
+    record = _current.get()
+    return record.request_id if record else None
+
+
+def note(**fields: Any) -> None:
+    """Add what this part of the gateway knows to the current request's record (no-op outside a request)."""
+    record = _current.get()
+    if record is not None:
+        for name, value in fields.items():
+            setattr(record, name, value)
+
+
+def add_triton_ms(milliseconds: float) -> None:
+    record = _current.get()
+    if record is not None:
+        record.triton_ms += milliseconds
+
+
+def incoming_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == HEADER.encode():
+            text = value.decode("latin-1")
+            if _WELL_FORMED.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Outermost: every response carries its request's ID, and every request ends in one access-log line."""
+
+    def __init__(self, app: ASGIApp, log_format: str = "json") -> None:
+        self.app, self.log_format = app, log_format
+        if log_format != "off" and not access_log.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            access_log.addHandler(handler)
+            access_log.setLevel(logging.INFO)
+            access_log.propagate = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = Record(incoming_id(scope), scope["method"], scope["path"])
+        token = _current.set(record)
+        header = (HEADER.encode(), record.request_id.encode())
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                record.bytes_in += len(message.get("body", b""))
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tagging_send)
+        finally:
+            _current.reset(token)
+            if self.log_format != "off":
+                self.write(record, route_template(scope), scope.get("state", {}).get("pipeline", ""))
+
+    def write(self, record: Record, route: str, pipeline: str) -> None:
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "request_id": record.request_id,
+                "method": record.method, "route": route or record.path, "pipeline": record.pipeline or pipeline,
+                "stage": record.stage, "status": record.status, "error_code": record.error_code,
+                "bytes_in": record.bytes_in, "gateway_ms": round((time.perf_counter() - record.started) * 1000, 3),
+                "triton_ms": round(record.triton_ms, 3)}
+        if self.log_format == "json":
+            access_log.info(json.dumps(line, separators=(",", ":")))
+        else:
+            access_log.info("%(time)s %(request_id)s %(method)s %(route)s %(status)s %(pipeline)s %(error_code)s "
+                            "%(gateway_ms).1fms", line)

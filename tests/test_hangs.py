@@ -130,6 +130,10 @@ def test_a_stopped_triton_is_killed_and_restarted_under_load(serve, load):
     frozen = serve.triton_pid()
     stopped_at = time.monotonic()
     os.kill(frozen, signal.SIGSTOP)
+    # readiness tells the truth while the frozen Triton still stands (the gateway probes it every second; the
+    # watchdog waits HANG_AFTER_S)
+    assert wait_until(lambda: not serve.ready(HEADERS) and serve.triton_pid() == frozen, HANG_AFTER_S), \
+        "readiness said ready while Triton was frozen"
     assert wait_until(lambda: "tritonserver has not answered" in serve.output(), HANG_AFTER_S + 30), \
         serve.output()[-2000:]
     assert wait_until(lambda: serve.ready(HEADERS), 180), serve.output()[-3000:]

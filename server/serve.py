@@ -30,16 +30,18 @@ from server.triton_launcher import (
     check_port_free,
     server_from_args,
     start_reporting,
+    triton_probe,
 )
 
 GATEWAY_START_S = 30.0
 STOP_BUDGET_S = 8.0  # under Docker's default 10 s between SIGTERM and SIGKILL (Kubernetes gives 30 s)
 
 
-def supervised(server: TritonServer, stop: StopRequest, hang_after_s: float) -> Supervised:
+def supervised(server: TritonServer, stop: StopRequest, hang_after_s: float, stall_after_s: float) -> Supervised:
     """Triton under supervision: restarted on the same ports, loading the same models, with the same key; killed
-    first when its HTTP endpoint stops answering (frozen, deadlocked) for ``hang_after_s``."""
-    liveness = Liveness(answers(f"http://{server.http_url}/v2/health/live")) if hang_after_s > 0 else None
+    first when its HTTP endpoint stops answering (frozen, deadlocked) for ``hang_after_s``, or its core has
+    completed none of its pending requests for ``stall_after_s`` (then ``hang_after_s``)."""
+    liveness = Liveness(triton_probe(server, stall_after_s)) if hang_after_s > 0 else None
     return Supervised("tritonserver", server.start, lambda: server.process.poll(), server.kill,
                       report=server.report, stop_requested=lambda: stop.requested, liveness=liveness,
                       hang_after_s=hang_after_s)
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Gateway on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
               flush=True)
         gateway_liveness = Liveness(answers(gateway.health_url)) if args.hang_after_s > 0 else None
-        watched = [supervised(triton, stop, args.hang_after_s),
+        watched = [supervised(triton, stop, args.hang_after_s, args.stall_after_s),
                    Supervised("the gateway", gateway.start, gateway.exit_status, gateway.stop, report=triton.report,
                               stop_requested=lambda: stop.requested, liveness=gateway_liveness,
                               hang_after_s=args.hang_after_s, kill=gateway.kill)]

@@ -111,7 +111,7 @@ class Supervised:
                 if time.monotonic() - self._started_at > self.stable_s:
                     self._crashes = 0
                 return
-            self.report(f"serve: {self.name} has not answered for {silent:.0f} s; killing it")
+            self.report(f"serve: {self.name} has not answered its liveness probe for {silent:.0f} s; killing it")
             self._kill()
             self._cleanup()
             self.report(f"serve: {self.name} hung (killed after {silent:.0f} s without an answer)")

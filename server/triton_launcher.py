@@ -64,6 +64,7 @@ from server.triton_access import (
     restriction_flags,
     write_key_file,
 )
+from server.triton_progress import DEFAULT_STALL_AFTER_S, Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
@@ -388,11 +389,22 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | No
     parser.add_argument("--response-cache-mb", type=float, default=DEFAULT_RESPONSE_CACHE_MB,
                         help=f"Triton's response cache for the pipelines, in MB (default "
                              f"{DEFAULT_RESPONSE_CACHE_MB:g}; 0: off)")
+    parser.add_argument("--stall-after-s", type=float, default=DEFAULT_STALL_AFTER_S,
+                        help=f"Triton counts as hung too when requests have been pending this long with none "
+                             f"completing (its metrics; default {DEFAULT_STALL_AFTER_S:g}, 0: never)")
     parser.add_argument("--step-timeout-s", type=float, default=None,
                         help=f"a Python-backend instance holding one request longer is replaced (default "
                              f"{DEFAULT_STEP_TIMEOUT_S:g}; a model's `{TIMEOUT_PARAMETER}` parameter wins)")
     parser.add_argument("--backend-directory", type=Path, default=os.environ.get("VGG_TRITON_BACKENDS") or None,
                         help="its backends folder, e.g. /opt/tritonserver/backends (env VGG_TRITON_BACKENDS)")
+
+
+def triton_probe(server: TritonServer, stall_after_s: float) -> Callable[[], bool]:
+    """Triton answers: its health endpoint within 2 s, and (unless ``stall_after_s`` is 0) its core completes
+    pending requests (server/triton_progress.py)."""
+    live = answers(f"http://{server.http_url}/v2/health/live")
+    progress = Progress(server.metrics_url, stall_after_s) if stall_after_s > 0 else None
+    return lambda: live() and (progress is None or progress())
 
 
 def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -479,11 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     # Unsupervised on purpose: this is the building block (and what a container's own restart policy runs);
     # `server.serve` is the supervised service. A hung Triton is killed and reported like a dead one, so the
     # container exits and its restart policy brings it back (Docker's HEALTHCHECK alone restarts nothing).
-    liveness = Liveness(answers(f"http://{server.http_url}/v2/health/live")) if args.hang_after_s > 0 else None
+    liveness = Liveness(triton_probe(server, args.stall_after_s)) if args.hang_after_s > 0 else None
     while not stop.requested and server.process.poll() is None:
         if liveness and liveness.silent_s() > args.hang_after_s:
-            print(f"triton_launcher: tritonserver has not answered for {liveness.silent_s():.0f} s; killed it",
-                  file=sys.stderr)
+            print(f"triton_launcher: tritonserver has not answered (or completed a pending request) for "
+                  f"{liveness.silent_s():.0f} s; killed it", file=sys.stderr)
             server.kill()
             return 1
         time.sleep(0.5)

@@ -29,6 +29,7 @@ API_KEY = "hang-tests-api-key"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 SPINNER = Path(__file__).resolve().parent.parent / "bench" / "spinner"
 HANG_AFTER_S = 10
+STALL_AFTER_S = 6
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,12 @@ def serve(triton_repository, tmp_path_factory):
     repository = tmp_path_factory.mktemp("hangs") / "repository"
     shutil.copytree(triton_repository, repository)
     shutil.copytree(SPINNER, repository / "spinner")
+    stuck = shutil.copytree(SPINNER, repository / "stuck")  # a spinner no step limit catches: the core stalls
+    config = (stuck / "config.pbtxt").read_text().replace('name: "spinner"', 'name: "stuck"')
+    (stuck / "config.pbtxt").write_text(config.replace('string_value: "3"', 'string_value: "600"'))
     process = ServeProcess(repository, tmp_path_factory.mktemp("serve") / "serve.log",
                            "--hang-after-s", str(HANG_AFTER_S), "--step-timeout-s", "30",
-                           env={"VGG_GATEWAY_API_KEYS": API_KEY})
+                           "--stall-after-s", str(STALL_AFTER_S), env={"VGG_GATEWAY_API_KEYS": API_KEY})
     process.start(HEADERS)
     yield process
     process.stop()
@@ -52,14 +56,14 @@ def load(serve, sample_images):
     running.stop()
 
 
-def spinner_call(serve: ServeProcess, data: bytes) -> tuple[float, object]:
+def spinner_call(serve: ServeProcess, data: bytes, model: str = "spinner") -> tuple[float, object]:
     """(seconds, the answer or the exception) of one request to the spinner, straight to Triton with its key."""
     client = triton_http.InferenceServerClient(serve.triton_url, network_timeout=120, connection_timeout=120)
     tensor = triton_http.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=object))
     started = time.monotonic()
     try:
-        result: object = client.infer("spinner", [tensor],
+        result: object = client.infer(model, [tensor],
                                       headers={"vgg-triton-key": serve.key_file.read_text().strip()})
         result = int(result.as_numpy("length")[0])
     except Exception as exc:  # the failed-fast answer is what the test wants to see
@@ -144,6 +148,20 @@ def test_a_stopped_triton_is_killed_and_restarted_under_load(serve, load):
     assert {o.status for o in during} <= {200, 503}, Load.statuses(during)  # an answer, or a retryable 503
     after = load.between(back_at + 1)
     assert after and all(o.status == 200 for o in after), Load.statuses(after)
+
+
+def test_a_triton_whose_core_completes_nothing_is_restarted(serve):
+    """Alive, answering health checks, but its requests pending and none completing (both instances of `stuck` spin
+    and a third request waits): a stall, found from Triton's own metrics."""
+    before, line = serve.triton_pid(), "tritonserver has not answered its liveness probe"
+    earlier = serve.output().count(line)  # the frozen Triton of the test before said it too
+    for _ in range(3):
+        threading.Thread(target=spinner_call, args=(serve, b"spin", "stuck"), daemon=True).start()
+    assert wait_until(lambda: serve.output().count(line) > earlier, STALL_AFTER_S + HANG_AFTER_S + 30), \
+        serve.output()[-2000:]
+    assert wait_until(lambda: serve.triton_pid() not in (None, before) and serve.ready(HEADERS), 180), \
+        serve.output()[-3000:]
+    assert spinner_call(serve, b"after")[1] == 5
 
 
 def test_a_stopped_gateway_is_killed_and_restarted(serve):

@@ -118,7 +118,7 @@ def test_a_service_silent_past_the_limit_is_killed_and_restarted():
     silence.seconds = 20.5
     watcher.check()
     assert kills == [1] and service.cleanups == 1 and service.running and watcher.restarts == 1
-    assert lines[:2] == ["serve: svc has not answered for 20 s; killing it",
+    assert lines[:2] == ["serve: svc has not answered its liveness probe for 20 s; killing it",
                          "serve: svc hung (killed after 20 s without an answer)"]
     assert silence.restarts == 1 and silence.silent_s() == 0.0  # the new process's silence counts from its start
 

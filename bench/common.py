@@ -75,6 +75,16 @@ def start_gateway(triton_url: str, timeout: float = 60, module: str = "server.ga
     raise RuntimeError(f"{module} did not become ready")
 
 
+def append_result(text: str, path: Path, title: str) -> None:
+    """Print a run's section and add it to a results file that keeps every run (made with ``title`` if new)."""
+    print(text)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {title}\n")
+    with path.open("a") as handle:
+        handle.write(text)
+
+
 def publish(text: str, path: Path) -> None:
     """Print a benchmark's report and keep it in bench/results/ (or wherever --out says)."""
     print(text)

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import free_port, machine
+from bench.common import append_result, free_port, machine
 from deploy import image as image_builder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,12 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['ready_s']:.1f}/{c['healthy_s']:.1f} vs {h['ready_s']:.1f}"
             for c, h in zip(containers, hosts, strict=True)),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.out.exists():
-        args.out.write_text("# The CPU image: size, build, start-up and memory (python -m bench.image)\n")
-    with args.out.open("a") as handle:
-        handle.write(text)
+    append_result("\n".join(lines) + "\n", args.out,
+                  "The CPU image: size, build, start-up and memory (python -m bench.image)")
     return 0
 
 

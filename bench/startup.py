@@ -28,10 +28,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, machine, photo_jpeg
+from bench.common import append_result, free_port, machine, photo_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE_PROBE_COUNT = 10
+TITLE = "One replica's start-up and memory (python -m bench.startup)"
 
 
 def stub_kind(argv: str) -> str:
@@ -258,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{now['first_ratio'][pipeline]:.2f}x | |")
     miss, hit = statistics.median(r["cache"][0] for r in now_rows), statistics.median(r["cache"][1] for r in now_rows)
     lines.append(f"| `fusion`: response-cache miss / hit, through the gateway | | {miss:.1f} / {hit:.1f} ms | |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.out.exists():
-        args.out.write_text("# One replica's start-up and memory (python -m bench.startup)\n")
-    with args.out.open("a") as handle:
-        handle.write(text)
+    append_result("\n".join(lines) + "\n", args.out, TITLE)
     return 0
 
 
@@ -278,9 +274,7 @@ def full_size(args: argparse.Namespace) -> int:
             f"optimized-model cache. `serve` to /readyz 200: {', '.join(f'{s:.1f}' for s in ready)} s (goal "
             f"<= 15 s). PSS after one `fast` answer: {sum(pss.values()):.0f} MB in all; "
             + ", ".join(f"{kind} {value:.0f} MB" for kind, value in pss.items()) + ".\n")
-    print(text)
-    with args.out.open("a") as handle:
-        handle.write(text)
+    append_result(text, args.out, TITLE)
     return 0
 
 

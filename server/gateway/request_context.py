@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import json
-import logging
 import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +25,6 @@ from server.gateway.metrics import route_template
 HEADER = "x-request-id"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _current: contextvars.ContextVar[Record | None] = contextvars.ContextVar("vgg_gateway_request", default=None)
-access_log = logging.getLogger("server.gateway.access")
 
 
 @dataclass
@@ -75,14 +73,10 @@ def incoming_id(scope: Scope) -> str:
 class RequestContext:
     """Outermost: every response carries its request's ID, and every request ends in one access-log line."""
 
-    def __init__(self, app: ASGIApp, log_format: str = "json") -> None:
-        self.app, self.log_format = app, log_format
-        if log_format != "off" and not access_log.handlers:
-            handler = logging.StreamHandler(sys.stdout)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            access_log.addHandler(handler)
-            access_log.setLevel(logging.INFO)
-            access_log.propagate = False
+    def __init__(self, app: ASGIApp, log_format: str = "json", stream: TextIO | None = None) -> None:
+        """Lines go straight to ``stream`` (stdout), one write and flush each: the logging module's machinery cost
+        more than the line (bench/results/gateway.md)."""
+        self.app, self.log_format, self.stream = app, log_format, stream or sys.stdout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,7 +112,9 @@ class RequestContext:
                 "bytes_in": record.bytes_in, "gateway_ms": round((time.perf_counter() - record.started) * 1000, 3),
                 "triton_ms": round(record.triton_ms, 3)}
         if self.log_format == "json":
-            access_log.info(json.dumps(line, separators=(",", ":")))
+            text = json.dumps(line, separators=(",", ":"))
         else:
-            access_log.info("%(time)s %(request_id)s %(method)s %(route)s %(status)s %(pipeline)s %(error_code)s "
-                            "%(gateway_ms).1fms", line)
+            text = ("{time} {request_id} {method} {route} {status} {pipeline} {error_code} "
+                    "{gateway_ms:.1f}ms").format(**line)
+        self.stream.write(text + "\n")
+        self.stream.flush()

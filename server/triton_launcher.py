@@ -84,17 +84,22 @@ def pytriton_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
-def assemble_backends(target: Path) -> Path:
-    """backends/python (the wheel's Python backend + the stub for this interpreter) and backends/onnxruntime."""
+def backend_sources() -> dict[str, Path]:
+    """Each file of the backend folder (relative to it) and where it comes from: the wheel's Python backend, the
+    stub for this interpreter, the project's onnxruntime backend."""
     root = pytriton_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    sources = {
+    return {
         "python/libtriton_python.so": root / "backends/python/libtriton_python.so",
         "python/triton_python_backend_utils.py": root / "backends/python/triton_python_backend_utils.py",
         "python/triton_python_backend_stub": root / f"python_backend_stubs/{version}/triton_python_backend_stub",
         "onnxruntime/model.py": ONNXRUNTIME_BACKEND,
     }
-    for relative, source in sources.items():
+
+
+def assemble_backends(target: Path) -> Path:
+    """backends/python (the wheel's Python backend + the stub for this interpreter) and backends/onnxruntime."""
+    for relative, source in backend_sources().items():
         if not source.exists():
             raise LaunchError(f"missing {source} (needed for {relative}); reinstall nvidia-pytriton")
         destination = target / relative
@@ -107,11 +112,10 @@ def assemble_backends(target: Path) -> Path:
 def missing_libraries() -> list[str]:
     """What the wheel's tritonserver and this interpreter's stub link against and can't find (ldd), e.g. a base
     image without libpython's shared library; an image build runs this to fail then rather than at start."""
-    root = pytriton_root()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = backend_sources()
     missing = []
-    for binary in (root / "bin" / "tritonserver", root / f"python_backend_stubs/{version}/triton_python_backend_stub",
-                   root / "backends/python/libtriton_python.so"):
+    for binary in (pytriton_root() / "bin" / "tritonserver", sources["python/triton_python_backend_stub"],
+                   sources["python/libtriton_python.so"]):
         listing = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=triton_environment(),
                                  check=False).stdout
         missing += [f"{binary.name}: {line.split()[0]}" for line in listing.splitlines() if "not found" in line]

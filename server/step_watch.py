@@ -25,16 +25,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from server.shared_memory import SHARED_MEMORY
+
 PREFIX_ENV = "VGG_STEP_MARKER_PREFIX"  # the server's shared-memory prefix; unset outside the launcher: no marker
 TIMEOUT_ENV = "VGG_STEP_TIMEOUT_S"
 TIMEOUT_PARAMETER = "step.timeout_s"
 DEFAULT_TIMEOUT_S = 120.0
-FOLDER = Path("/dev/shm")
 LAYOUT = struct.Struct("dd")  # (started on CLOCK_MONOTONIC or 0.0 when idle, limit in seconds)
 
 
 def marker_path(prefix: str, pid: int) -> Path:
-    return FOLDER / f"{prefix}busy-{pid}"
+    return SHARED_MEMORY / f"{prefix}busy-{pid}"
 
 
 def read_marker(prefix: str, pid: int) -> tuple[float, float] | None:

@@ -54,14 +54,17 @@ def photo_jpeg(size: tuple[int, int] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def start_gateway(triton_url: str, timeout: float = 60, module: str = "server.gateway") -> tuple[subprocess.Popen, str]:
+def start_gateway(triton_url: str, timeout: float = 60, module: str = "server.gateway",
+                  env: dict[str, str] | None = None, quiet: bool = False) -> tuple[subprocess.Popen, str]:
     """`python -m server.gateway` (or another module taking its flags: bench.bare_proxy) on a free loopback port,
-    once its /readyz answers 200: (process, base URL)."""
+    once its /readyz answers 200: (process, base URL); ``env`` is added to this process's environment, and
+    ``quiet`` sends its stdout (the access log) to /dev/null."""
     import httpx
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", module, "--triton-url", triton_url, "--port",
-                                str(port), "--log-level", "warning"])
+                                str(port), "--log-level", "warning"], env={**os.environ, **(env or {})},
+                               stdout=subprocess.DEVNULL if quiet else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

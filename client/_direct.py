@@ -40,6 +40,7 @@ from client.contract import (
 from client.contract import default_pipeline as contract_default
 from client.errors import CONNECTION_ERROR, ClientError
 from client.results import Classification, PipelineInfo, Prediction
+from client.trace_context import trace_headers
 
 IMAGE_ERROR_CODES = frozenset(IMAGE_ERRORS)  # an image's own fault: its slot in a batch, not the whole batch
 T = TypeVar("T")
@@ -297,7 +298,7 @@ class DirectTransport:
 
         try:
             client.async_infer(info.name, [tensor], done, outputs=requested_outputs(self._module, info, output),
-                               headers=self.headers)
+                               headers={**(self.headers or {}), **trace_headers()})
         except BaseException:
             self._give_back(client)
             raise
@@ -378,7 +379,8 @@ class AsyncDirectTransport:
         started = time.perf_counter()
         info, tensor, output = prepare_request(self._module, await self.catalog(), data, top_k, pipeline)
         call = asyncio.ensure_future(self.client().infer(
-            info.name, [tensor], outputs=requested_outputs(self._module, info, output), headers=self.headers))
+            info.name, [tensor], outputs=requested_outputs(self._module, info, output),
+            headers={**(self.headers or {}), **trace_headers()}))
         self._running.add(call)
         call.add_done_callback(self._finished)
         try:  # shielded, never cancelled in Triton (see DirectTransport.classify)

@@ -10,6 +10,7 @@ import httpx
 
 from client.errors import CONNECTION_ERROR, ClientError, from_response
 from client.results import Classification, PipelineInfo
+from client.trace_context import trace_headers
 
 # Errors after which the request may not have been processed (or its answer was lost): safe to resend,
 # since classifying is a pure function of the image.
@@ -25,7 +26,8 @@ def classify_request(data: bytes, content_type: str, top_k: int, pipeline: str |
         params["pipeline"] = pipeline
     if maps:
         params["maps"] = "true"
-    return {"url": "/v1/classify", "params": params, "content": data, "headers": {"content-type": content_type}}
+    return {"url": "/v1/classify", "params": params, "content": data,
+            "headers": {"content-type": content_type, **trace_headers()}}
 
 
 def batch_request(images: list[tuple[bytes, str, str | None]], top_k: int, pipeline: str | None) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def batch_request(images: list[tuple[bytes, str, str | None]], top_k: int, pipel
     if pipeline:
         params["pipeline"] = pipeline
     files = [("file", (name or f"image{i}", data, kind)) for i, (data, kind, name) in enumerate(images)]
-    return {"url": "/v1/classify/batch", "params": params, "files": files}
+    return {"url": "/v1/classify/batch", "params": params, "files": files, "headers": trace_headers()}
 
 
 def check(response: httpx.Response) -> Any:

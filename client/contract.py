@@ -17,6 +17,9 @@ INPUT = "image"
 PROBS = "probs"
 SCORES = "scores"  # a member model's class score map
 CASCADE_OUTPUTS = ("stage", "stages")
+# A cascade's account of each stage it ran, one JSON object per stage (name, confidence, threshold, rule, start and
+# end in Unix nanoseconds), asked for by the gateway only for traced requests: its stage spans.
+STAGE_REPORT = "stage_report"
 
 # Model parameters: a pipeline's spec (JSON) marks an ensemble or cascade as a pipeline; the kind tells a cascade.
 SPEC_PARAMETER = "pipeline.spec"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Container, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -79,7 +80,8 @@ class Client:
             for path in iter_paths(inputs):
                 if path in skip:
                     continue
-                pending.add(pool.submit(self._score_one, path, top_k, pipeline))
+                # in the caller's context: its trace context, if any, goes with each request
+                pending.add(pool.submit(contextvars.copy_context().run, self._score_one, path, top_k, pipeline))
                 if len(pending) >= 2 * concurrency:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     yield from (future.result() for future in done)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from server.gateway.config import ConfigError, load_settings
 from server.supervisor import GaveUp, Liveness, Supervised, answers, terminate
+from server.telemetry import BEHIND_GATEWAY
 from server.triton_access import KEY_ENV, KEY_FILE_ENV
 from server.triton_launcher import (
     LaunchError,
@@ -118,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
+    try:  # behind the gateway, Triton traces exactly the requests the gateway sampled (server/telemetry.py)
+        triton = server_from_args(args, key, {**os.environ, **BEHIND_GATEWAY})
+    except LaunchError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
     stop = StopRequest()
-    triton = server_from_args(args, key)
     if not start_reporting(triton, "serve", key_file):
         return 1
     if stop.requested:  # Ctrl-C while Triton was loading

@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from server.shared_memory import (
@@ -54,6 +54,7 @@ from server.step_watch import DEFAULT_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
 from server.step_watch import PREFIX_ENV, TIMEOUT_ENV, TIMEOUT_PARAMETER
 from server.stub_healer import StubHealer
 from server.supervisor import HANG_AFTER_S, Liveness, answers
+from server.telemetry import TRITON_SERVICE, TelemetryConfigError, TraceExport, trace_export
 from server.triton_access import (
     KEY_ENV,
     KEY_FILE_ENV,
@@ -180,10 +181,11 @@ class TritonServer:
                  key: str | None = None, heal: bool = True,
                  report: Callable[[str], None] | None = None, binary: Path | None = None,
                  backend_dir: Path | None = None, step_timeout_s: float | None = None,
-                 response_cache_mb: float = 0.0) -> None:
+                 response_cache_mb: float = 0.0, tracing: TraceExport | None = None) -> None:
         """``binary`` and ``backend_dir``: an installed Triton (NVIDIA's container) instead of the wheel's;
         ``step_timeout_s``: how long a Python-backend instance may hold one request (server/step_watch.py);
-        ``response_cache_mb``: Triton's response cache (off here; the CLIs turn it on, see add_server_arguments)."""
+        ``response_cache_mb``: Triton's response cache (off here; the CLIs turn it on, see add_server_arguments);
+        ``tracing``: Triton's OpenTelemetry mode (server/telemetry.py; off when None)."""
         self.repository = Path(repository).resolve()
         self.binary, self.backend_dir = binary, backend_dir
         self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
@@ -193,6 +195,7 @@ class TritonServer:
         self.heal = heal
         self.step_timeout_s = step_timeout_s
         self.response_cache_mb = response_cache_mb
+        self.tracing = tracing
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.models: list[str] | None = None  # fixed at the first start: what every later start loads
         self.healer: StubHealer | None = None
@@ -234,6 +237,7 @@ class TritonServer:
             # every Python-based backend (the project's onnxruntime one too) takes the Python backend's settings
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.cache_flags(),
+            *(self.tracing.triton_flags() if self.tracing else ()),
         ]
 
     def cache_flags(self) -> list[str]:
@@ -431,10 +435,18 @@ def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
     return key, write_key_file(folder / f"triton-{args.http_port}.key", key)
 
 
-def server_from_args(args: argparse.Namespace, key: str | None) -> TritonServer:
+def server_from_args(args: argparse.Namespace, key: str | None,
+                     environ: Mapping[str, str] | None = None) -> TritonServer:
+    """The server the flags describe, tracing as ``environ``'s (default os.environ's) OTEL_* variables say;
+    LaunchError when they can't be honoured."""
+    try:
+        tracing = trace_export(os.environ if environ is None else environ, TRITON_SERVICE)
+    except TelemetryConfigError as exc:
+        raise LaunchError(str(exc)) from None
     return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.triton_address,
                         args.log, key=key, binary=args.tritonserver, backend_dir=args.backend_directory,
-                        step_timeout_s=args.step_timeout_s, response_cache_mb=args.response_cache_mb)
+                        step_timeout_s=args.step_timeout_s, response_cache_mb=args.response_cache_mb,
+                        tracing=tracing)
 
 
 class StopRequest:
@@ -485,10 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         key, key_file = access_key(args)
+        server = server_from_args(args, key)
     except LaunchError as exc:
         print(f"triton_launcher: error: {exc}", file=sys.stderr)
         return 2
-    server = server_from_args(args, key)
     stop = StopRequest()
     if not start_reporting(server, "triton_launcher", key_file):
         return 1

@@ -44,5 +44,6 @@ def create_app(settings: Settings) -> FastAPI:
     classify_route = next(r for r in classify_routes.routes if getattr(r, "path", None) == "/v1/classify")
     app.add_middleware(RawBodyClassify, services=services, route=classify_route)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
-    app.add_middleware(RequestContext, log_format=settings.access_log)
+    app.add_middleware(RequestContext, log_format=settings.access_log, tracing=services.tracing)
+    services.tracing.instrument(app)  # outermost of all: the request's server span (server/gateway/tracing.py)
     return app

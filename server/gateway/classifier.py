@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from client.contract import CASCADE_OUTPUTS, INPUT, PROBS, parse_class
@@ -20,6 +20,7 @@ from server.gateway.pipelines import PipelineCatalog, ServedPipeline
 from server.gateway.request_context import add_triton_ms, note, request_id
 from server.gateway.schemas import ClassifyResponse
 from server.gateway.score_maps import infer_maps, lay_out, upright_size
+from server.gateway.tracing import NO_TRACING, NoTracing
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
 
@@ -35,8 +36,10 @@ class Classifier:
     """Resolves pipeline names and runs inferences, translating Triton errors to API errors."""
 
     def __init__(self, pool: TritonPool, catalog: PipelineCatalog, metrics: GatewayMetrics,
-                 timeout_s: float, max_abandoned: int, health: PipelineHealth | None = None) -> None:
+                 timeout_s: float, max_abandoned: int, health: PipelineHealth | None = None,
+                 tracing: NoTracing = NO_TRACING) -> None:
         self.pool = pool
+        self.tracing = tracing
         self.catalog = catalog
         self.metrics = metrics
         self.health = health or PipelineHealth()
@@ -95,19 +98,58 @@ class Classifier:
             unhealthy.append(message)
             self.health.unhealthy_step(pipeline.name, message)
 
-        extra = CASCADE_OUTPUTS if pipeline.mode == "cascade" else ()
+        cascade = pipeline.mode == "cascade"
+        model = pipeline.maps["model"] if maps else pipeline.name
+        tracing = self.tracing if count else NO_TRACING  # the canary's own calls are not users' requests
+        with tracing.triton_call(pipeline.name, model, cascade) as traced:
+            try:
+                result, extras = await self._call(pipeline, image, k, maps, traced.headers,
+                                                  (*CASCADE_OUTPUTS, *traced.extra_outputs) if cascade else (),
+                                                  broken_step, step_retries, count)
+            except ApiError as error:
+                traced.failed(error.code)
+                raise
+            traced.answered(extras)
+        elapsed = time.perf_counter() - started
+        if count:
+            add_triton_ms(elapsed * 1000)
+            note(pipeline=pipeline.name)
+        if not unhealthy:
+            self.health.clean_answer(pipeline.name)
+        if count:
+            self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
+            self.metrics.images.labels(pipeline.name, "ok").inc()
+        body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
+                "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
+        if maps:
+            classes = [p["index"] for p in body["predictions"]]
+            body["maps"] = lay_out(pipeline.maps, extras, classes, upright_size(image))
+        if cascade:  # which stage answered, and which ran
+            body["stage"], body["stages"] = (extras["stage"] or [""])[0], extras["stages"]
+            note(stage=body["stage"])
+            if count:
+                self.metrics.cascade_answers.labels(pipeline.name, body["stage"]).inc()
+        return body
+
+    async def _call(self, pipeline: ServedPipeline, image: bytes, k: int, maps: bool, headers: bytes,
+                    extra: tuple[str, ...], broken_step: Callable[[str], None], step_retries: int,
+                    count: bool) -> tuple[list[str], dict[str, Any]]:
+        """(top-k, the extra outputs or the maps' tensors) from Triton, its errors as API errors, abandoned in
+        the background after the timeout."""
         rid = request_id()
-        if maps:  # answers (top-k, the maps' tensors)
+        if maps:
             request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
-                                        outputs=[view["tensor"] for view in pipeline.maps["views"]], request_id=rid)
-        else:  # answers (top-k, the extra outputs)
+                                        outputs=[view["tensor"] for view in pipeline.maps["views"]], request_id=rid,
+                                        headers=headers)
+        else:
             request = functools.partial(TritonHttpClient.classify_with, model=pipeline.name, input_name=INPUT,
-                                        output_name=PROBS, data=image, top_k=k, extra=extra, request_id=rid)
+                                        output_name=PROBS, data=image, top_k=k, extra=extra, request_id=rid,
+                                        headers=headers)
         call = asyncio.ensure_future(self.pool.call(request, on_unhealthy_step=broken_step,
                                                     step_retries=step_retries))
         outcome = "ok"
         try:
-            result, extras = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except TimeoutError:
             self._abandon(call)
             self.metrics.triton_errors.labels("", "timeout").inc()
@@ -126,26 +168,6 @@ class Classifier:
         finally:
             if count and outcome != "ok":
                 self.metrics.images.labels(pipeline.name, outcome).inc()
-        elapsed = time.perf_counter() - started
-        if count:
-            add_triton_ms(elapsed * 1000)
-            note(pipeline=pipeline.name)
-        if not unhealthy:
-            self.health.clean_answer(pipeline.name)
-        if count:
-            self.metrics.triton_latency.labels(pipeline.name).observe(elapsed)
-            self.metrics.images.labels(pipeline.name, "ok").inc()
-        body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
-                "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
-        if maps:
-            classes = [p["index"] for p in body["predictions"]]
-            body["maps"] = lay_out(pipeline.maps, extras, classes, upright_size(image))
-        if extra:  # a cascade: which stage answered, and which ran
-            body["stage"], body["stages"] = (extras["stage"] or [""])[0], extras["stages"]
-            note(stage=body["stage"])
-            if count:
-                self.metrics.cascade_answers.labels(pipeline.name, body["stage"]).inc()
-        return body
 
     def _abandon(self, call: asyncio.Future[Any]) -> None:
         if call.done():

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.telemetry import GATEWAY_SERVICE, TelemetryConfigError, TraceExport, trace_export
 from server.triton_access import KEY_ENV, KEY_FILE_ENV, AccessKeyError, is_loopback, read_key
 
 ENV_PREFIX = "VGG_GATEWAY_"
@@ -48,6 +49,7 @@ class Settings:
     retry_after_s: int = 1
     log_level: str = "info"
     access_log: str = "json"  # one line per request: "json", "text" or "off"
+    tracing: TraceExport | None = None  # from the standard OTEL_* variables (server/telemetry.py); None: off
 
     def validate(self) -> Settings:
         """Raise ConfigError on nonsense and on an open, non-loopback bind without an explicit opt-in."""
@@ -162,6 +164,10 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     try:
         values["triton_key"] = read_key(args.triton_key_file, env)
     except AccessKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        values["tracing"] = trace_export(env, GATEWAY_SERVICE)
+    except TelemetryConfigError as exc:
         raise ConfigError(str(exc)) from None
     for name in ("host", "default_pipeline", "log_level", "access_log"):
         value = pick(name, getattr(args, name))

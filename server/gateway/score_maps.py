@@ -43,12 +43,14 @@ def maps_request(outputs: list[str], data: bytes, top_k: int, request_id: str | 
 
 
 async def infer_maps(client: TritonHttpClient, model: str, outputs: list[str], data: bytes,
-                     top_k: int, request_id: str | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+                     top_k: int, request_id: str | None = None,
+                     headers: bytes = b"") -> tuple[list[str], dict[str, np.ndarray]]:
     """(Triton's top-k strings, output name -> float32 score maps [views, classes, h, w])."""
     body, header_length = maps_request(outputs, data, top_k, request_id)
     status, payload = await client.request(
         "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
-        b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n" % header_length)
+        b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n%s"
+        % (header_length, headers))
     if status != 200:
         try:
             message = str(json.loads(payload).get("error", ""))

@@ -17,6 +17,7 @@ from server.gateway.errors import ApiError
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth
 from server.gateway.pipelines import PipelineCatalog
+from server.gateway.tracing import NoTracing, tracing_for
 from server.gateway.triton_pool import TritonPool
 
 METADATA_TIMEOUT_S = 5.0  # health probes and pipeline metadata; inference has its own --triton-timeout-s
@@ -32,6 +33,7 @@ class Services:
     classifier: Classifier
     admission: Admission
     check_auth: Callable[[Request], Awaitable[None]]
+    tracing: NoTracing
 
     async def start(self) -> None:
         """Connect to Triton, start the degraded-pipeline canary, and learn the pipelines if Triton is up."""
@@ -45,6 +47,7 @@ class Services:
         await self.health.close()
         await self.classifier.drain(timeout_s=10.0)
         await self.pool.close()
+        self.tracing.shutdown()
 
 
 def build_services(settings: Settings) -> Services:
@@ -56,11 +59,13 @@ def build_services(settings: Settings) -> Services:
                       on_removed=lambda ep: metrics.forget_endpoint(ep.url))
     catalog = PipelineCatalog(pool, settings.catalog_refresh_s, METADATA_TIMEOUT_S, settings.default_pipeline)
     health = PipelineHealth()
+    tracing = tracing_for(settings.tracing)
     classifier = Classifier(pool, catalog, metrics, settings.triton_timeout_s, max_abandoned=settings.max_inflight,
-                            health=health)
+                            health=health, tracing=tracing)
     admission = Admission(settings.max_inflight, settings.max_queue, settings.queue_timeout_s,
                           settings.retry_after_s)
     metrics.queued.set_function(lambda: admission.waiting)
     metrics.active.set_function(lambda: admission.active)
     metrics.abandoned.set_function(lambda: len(classifier.abandoned))
-    return Services(settings, metrics, pool, catalog, health, classifier, admission, bearer_auth(settings.api_keys))
+    return Services(settings, metrics, pool, catalog, health, classifier, admission, bearer_auth(settings.api_keys),
+                    tracing)

@@ -183,14 +183,15 @@ class TritonHttpClient:
         return (await self.classify_with(model, input_name, output_name, data, top_k, ()))[0]
 
     async def classify_with(self, model: str, input_name: str, output_name: str, data: bytes, top_k: int,
-                            extra: tuple[str, ...], request_id: str | None = None,
+                            extra: tuple[str, ...], request_id: str | None = None, headers: bytes = b"",
                             ) -> tuple[list[str], dict[str, list[str]]]:
         """classify, plus the named ``extra`` outputs as JSON lists (a cascade's `stage` and `stages`); the
-        request carries ``request_id`` as Triton's request ID."""
+        request carries ``request_id`` as Triton's request ID, and ``headers`` (whole lines: a trace context)."""
         body, header_length = classification_request(input_name, output_name, data, top_k, extra, request_id)
         status, payload = await self.request(
             "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
-            b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n" % header_length)
+            b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n%s"
+            % (header_length, headers))
         if status != 200:
             raise _error(status, payload)
         outputs = {output.get("name"): output.get("data", []) for output in json.loads(payload).get("outputs", [])}

@@ -10,7 +10,15 @@ import json
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client.contract import CASCADE_KIND, INPUT, KIND_PARAMETER, LIMITS_PARAMETER, PROBS, SPEC_PARAMETER
+from client.contract import (
+    CASCADE_KIND,
+    INPUT,
+    KIND_PARAMETER,
+    LIMITS_PARAMETER,
+    PROBS,
+    SPEC_PARAMETER,
+    STAGE_REPORT,
+)
 from server.cascade_spec import Cascade
 from server.pipeline_spec import Pipeline, SpecError
 from server.repository.members import Member
@@ -112,6 +120,7 @@ def cascade_config(cascade: Cascade, num_classes: int, has_labels: bool, limits:
         output.label_filename = "labels.txt"
     config.output.add(name="stage", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="stages", data_type=mc.TYPE_STRING, dims=[-1])
+    config.output.add(name=STAGE_REPORT, data_type=mc.TYPE_STRING, dims=[-1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cascade.instances)
     config.response_cache.enable = True
     set_parameters(config, {SPEC_PARAMETER: cascade.to_json(), KIND_PARAMETER: CASCADE_KIND,

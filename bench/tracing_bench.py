@@ -87,7 +87,7 @@ def measure(urls: dict[str, str], pipeline: str, requests: int, concurrency: int
 
 
 def report(result: dict, args: argparse.Namespace, collector: CollectorStandIn) -> str:
-    lines = [f"### {time.strftime('%Y-%m-%d')}: {'full-size VGG-11' if args.vgg11 else args.repository} "
+    lines = ["", f"### {time.strftime('%Y-%m-%d')}: {'full-size VGG-11' if args.vgg11 else args.repository} "
              f"`{args.pipeline}`", "",
              f"{machine()}; {args.requests} requests per measurement (latency one at a time, throughput "
              f"{args.concurrency} concurrent), {args.rounds} rounds alternating the sides; "
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_record:
         print(text)
     else:
-        append_result(text, RESULTS, "# What tracing costs (`python -m bench.tracing_bench`)")
+        append_result(text, RESULTS, "What tracing costs (`python -m bench.tracing_bench`)")
     return 0
 
 

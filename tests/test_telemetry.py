@@ -76,6 +76,14 @@ def test_what_cannot_be_honoured_is_refused_naming_the_variable(env, named, caps
     assert error.startswith("triton_launcher: error:") and named in error and "\n" not in error
 
 
+def test_with_tracing_off_the_gateway_loads_neither_the_sdk_nor_the_instrumentation():
+    script = ("import sys; from server.gateway.app import create_app; from server.gateway.config import Settings; "
+              "create_app(Settings()); print(sorted({m.split('.')[1] for m in sys.modules "
+              "if m.startswith(('opentelemetry.sdk', 'opentelemetry.instrumentation', 'opentelemetry.exporter'))}))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_gateway_reads_the_export_from_its_environment():
     settings, _ = load_settings([], {**ENDPOINT, "OTEL_SERVICE_NAME": "edge"})
     assert settings.tracing.service_name == "edge" and settings.tracing.endpoint.endswith("/v1/traces")

@@ -142,7 +142,7 @@ def test_tracing_off_sends_nothing_even_when_the_caller_has_a_context(traced, re
     triton, gateway = traced
     off = start_gateway(tmp_path_factory, [triton.http_url], wait_ready=True,
                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SDK_DISABLED": "true"})
-    untraced = "%032x" % 0xAB5E17
+    untraced = f"{0xAB5E17:032x}"
     try:
         response = httpx.post(off.url + "/v1/classify", params={"pipeline": "fast"}, timeout=60,
                               content=sample_images["china_500x333.jpg"],

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from client._core import DIRECT_SCHEMES, Encoded
-from client._http import maps_unsupported
+from client._http import gateway_only, maps_unsupported
 from client.contract import (
     CASCADE_KIND,
     CASCADE_OUTPUTS,
@@ -263,6 +263,12 @@ class DirectTransport:
             self._give_back(client)
         return self._pipelines.keep(parse_pipelines(index, configs))
 
+    def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        raise gateway_only("a shadow report")
+
+    def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        raise gateway_only("the rollout admin route")
+
     def ready(self) -> bool:
         """Asks Triton now (the pipeline cache could be older than Triton's death)."""
         client = self._borrow()
@@ -352,6 +358,12 @@ class AsyncDirectTransport:
         except self._error as exc:
             raise map_error(exc) from None
         return self._pipelines.keep(parse_pipelines(index, configs))
+
+    async def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        raise gateway_only("a shadow report")
+
+    async def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        raise gateway_only("the rollout admin route")
 
     async def ready(self) -> bool:
         try:

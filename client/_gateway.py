@@ -39,6 +39,12 @@ class GatewayTransport:
     def pipelines(self) -> list[PipelineInfo]:
         return _http.parse_pipelines(self._send(self._http.get, url="/v1/pipelines"))
 
+    def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        return self._send(self._http.get, url=_http.shadow_url(pipeline))
+
+    def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        return self._send(self._http.post, **_http.rollout_request(pipeline, action, admin_key))
+
     def ready(self) -> bool:
         self._send(self._http.get, url="/readyz")
         return True
@@ -76,6 +82,12 @@ class AsyncGatewayTransport:
 
     async def pipelines(self) -> list[PipelineInfo]:
         return _http.parse_pipelines(await self._send(self._http.get, url="/v1/pipelines"))
+
+    async def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        return await self._send(self._http.get, url=_http.shadow_url(pipeline))
+
+    async def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        return await self._send(self._http.post, **_http.rollout_request(pipeline, action, admin_key))
 
     async def ready(self) -> bool:
         await self._send(self._http.get, url="/readyz")

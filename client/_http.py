@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -93,6 +94,20 @@ def timeout_error(exc: Exception) -> ClientError:
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def rollout_request(pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+    """Keyword arguments for ``post``: the admin route, with the admin key instead of the API key."""
+    return {"url": f"/v1/pipelines/{quote(pipeline, safe='')}/rollout", "json": {"action": action},
+            "headers": {"authorization": f"Bearer {admin_key}"}}
+
+
+def shadow_url(pipeline: str) -> str:
+    return f"/v1/pipelines/{quote(pipeline, safe='')}/shadow"
+
+
+def gateway_only(what: str) -> ClientError:
+    return ClientError(0, "gateway_only", f"{what} is the gateway's (http://...); direct mode (grpc://) has none")
 
 
 def maps_unsupported() -> ClientError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Container
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from client._core import DEFAULT_URL, is_direct, join_batch, read_error, read_file, split_batch
 from client._gateway import AsyncGatewayTransport
@@ -49,6 +49,14 @@ class AsyncClient:
 
     async def pipelines(self) -> list[PipelineInfo]:
         return await self._retrying(self._transport.pipelines)
+
+    async def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        """The async twin of Client.shadow_report."""
+        return await self._transport.shadow_report(pipeline)
+
+    async def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        """The async twin of Client.rollout."""
+        return await self._transport.rollout(pipeline, action, admin_key)
 
     async def ready(self) -> bool:
         try:

@@ -1,4 +1,5 @@
-"""``python -m client``: score a folder into CSV/JSONL (resumable), classify one image, list pipelines."""
+"""``python -m client``: score a folder into CSV/JSONL (resumable), classify one image, list pipelines, and a
+pipeline's rollout: its shadow report, its canary promoted or rolled back."""
 
 from __future__ import annotations
 
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--top-k", type=int, default=5)
 
     commands.add_parser("pipelines", help="list the served pipelines as JSON")
+
+    shadow = commands.add_parser("shadow", help="print a pipeline's shadow comparisons as JSON")
+    shadow.add_argument("pipeline")
+    rollout = commands.add_parser("rollout", help="promote, roll back or resume a pipeline's canary (admin key)")
+    rollout.add_argument("pipeline")
+    action = rollout.add_mutually_exclusive_group(required=True)
+    for name in ("promote", "rollback", "resume"):
+        action.add_argument(f"--{name}", dest="action", action="store_const", const=name)
+    rollout.add_argument("--admin-key", default=os.environ.get("VGG_ADMIN_KEY"),
+                         help="the gateway's admin key (env VGG_ADMIN_KEY)")
     return parser
 
 
@@ -74,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "classify":
                 result = client.classify(args.image, top_k=args.top_k, pipeline=args.pipeline)
                 print(json.dumps(asdict(result), indent=2))
+            elif args.command == "shadow":
+                print(json.dumps(client.shadow_report(args.pipeline), indent=2))
+            elif args.command == "rollout":
+                if not args.admin_key:
+                    print("client: rollout needs --admin-key (or VGG_ADMIN_KEY)", file=sys.stderr)
+                    return EXIT_USAGE
+                print(json.dumps(client.rollout(args.pipeline, args.action, args.admin_key), indent=2))
             else:
                 print(json.dumps([asdict(p) for p in client.pipelines()], indent=2))
         except (ClientError, OSError) as exc:

@@ -25,6 +25,7 @@ STAGE_REPORT = "stage_report"
 SPEC_PARAMETER = "pipeline.spec"
 KIND_PARAMETER = "pipeline.kind"
 LIMITS_PARAMETER = "image.limits"  # a step's decode limits (JSON of vgg.imaging.ImageLimits)
+ROLLOUT_PARAMETER = "pipeline.rollout"  # a pipeline's shadow and canary (JSON of server.rollout_spec.Rollout)
 MIN_INPUT_SIZE_PARAMETER = "vgg.min_input_size"  # a member's smallest input: its training size
 CASCADE_KIND = "cascade"
 DEFAULT_PIPELINE = "fast"  # what a request without `pipeline` gets when nothing else is configured

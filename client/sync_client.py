@@ -6,7 +6,7 @@ import contextvars
 import time
 from collections.abc import Callable, Container, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from client._core import DEFAULT_URL, is_direct, join_batch, read_error, read_file, split_batch
 from client._gateway import GatewayTransport
@@ -54,6 +54,15 @@ class Client:
 
     def pipelines(self) -> list[PipelineInfo]:
         return self._retrying(self._transport.pipelines)
+
+    def shadow_report(self, pipeline: str) -> dict[str, Any]:
+        """How the pipeline's shadow candidate compares with it, since start and over the rolling window
+        (docs/gateway.md); gateway mode only."""
+        return self._transport.shadow_report(pipeline)
+
+    def rollout(self, pipeline: str, action: str, admin_key: str) -> dict[str, Any]:
+        """promote, rollback or resume the pipeline's canary (needs an admin key); its rollout as it is now."""
+        return self._transport.rollout(pipeline, action, admin_key)
 
     def ready(self) -> bool:
         """True when the service (gateway and Triton behind it, or Triton itself) can classify now."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.rollout_spec import Rollout
 
 MODES = ("dense", "multi-crop", "dense+multi-crop")
 VARIANTS = ("int8", "bf16")  # export/to_onnx.py --quantize int8 / --bf16: members named <model>_<variant>
@@ -99,3 +103,4 @@ class Spec:
     models: dict[str, ModelSource] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)  # and Cascade (server/cascade_spec.py) entries
     limits: dict[str, float] = field(default_factory=dict)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)  # server/rollout_spec.py: shadows and canaries

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from server.cascade_spec import build_cascade
 from server.pipeline_spec import MODES, VARIANTS, ModelSource, Pipeline, Spec, SpecError
+from server.rollout_spec import ROLLOUT_KEYS, build_rollout
 
 TABLES = frozenset({"limits", "models", "pipelines"})
 _EXAMPLES = {"members": '["vgg16"]', "scales": "[256, 384, 512]", "weights": "[1.0, 2.0]"}
@@ -33,10 +34,13 @@ def load_spec(path: Path) -> Spec:
         source = _build(ModelSource, f"models.{name}", name=name, **entry)
         _check_source(source, f"models.{name}")
         spec.models[name] = source
-    cascades = {}
+    cascades, rollouts = {}, {}
     for name, entry in raw.get("pipelines", {}).items():
         where = f"pipelines.{name}"
         entry = dict(entry)
+        rollout = {key: entry.pop(key) for key in ROLLOUT_KEYS if key in entry}
+        if rollout:  # checked once every pipeline is known
+            rollouts[name] = rollout
         if "stages" in entry:  # a cascade of other pipelines: built once they are all known
             cascades[name] = entry
             continue
@@ -54,6 +58,8 @@ def load_spec(path: Path) -> Spec:
             spec.pipelines[name] = build_cascade(name, entry, plain)
     if not spec.pipelines:
         raise SpecError(f"{path}: no [pipelines.NAME] tables")
+    for name, entry in rollouts.items():
+        spec.rollouts[name] = build_rollout(name, entry, set(spec.pipelines))
     return spec
 
 

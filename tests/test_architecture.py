@@ -18,8 +18,8 @@ ALLOWED = {
     "export": {"export", "vgg", "client.contract"},
     "train": {"train", "export", "vgg", "client.contract"},
     "server": {"server", "vgg", "client.contract"},
-    "server.gateway": {"server.gateway", "server.triton_access", "server.telemetry", "server.maps", "vgg.imaging",
-                       "client.contract"},
+    "server.gateway": {"server.gateway", "server.triton_access", "server.telemetry", "server.maps",
+                       "server.rollout_spec", "vgg.imaging", "client.contract"},
     "deploy": {"deploy"},
 }
 

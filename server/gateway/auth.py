@@ -31,3 +31,12 @@ def bearer_auth(api_keys: frozenset[str]) -> Callable[[Request], Awaitable[None]
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
     return check
+
+
+def admin_auth(admin_keys: frozenset[str]) -> Callable[[Request], Awaitable[None]]:
+    """The admin routes' check: one of the admin keys (never an API key); 403 when no admin key is configured."""
+    if not admin_keys:
+        async def disabled(_: Request) -> None:
+            raise ApiError(403, "admin_disabled", "the admin routes are off: start the gateway with --admin-key")
+        return disabled
+    return bearer_auth(admin_keys)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Settings:
     log_level: str = "info"
     access_log: str = "json"  # one line per request: "json", "text" or "off"
     tracing: TraceExport | None = None  # from the standard OTEL_* variables (server/telemetry.py); None: off
+    admin_keys: frozenset[str] = field(default_factory=frozenset, repr=False)  # the rollout admin route's; none: off
+    shadow_log: Path = Path(tempfile.gettempdir()) / "vgg-serve" / "shadow-disagreements.jsonl"
 
     def validate(self) -> Settings:
         """Raise ConfigError on nonsense and on an open, non-loopback bind without an explicit opt-in."""
@@ -73,8 +76,10 @@ class Settings:
             raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port out of range: {self.port}")
-        if any(not key.strip() or any(c.isspace() for c in key) for key in self.api_keys):
+        if any(not key.strip() or any(c.isspace() for c in key) for key in self.api_keys | self.admin_keys):
             raise ConfigError("API keys must be non-empty and contain no whitespace")
+        if self.admin_keys & self.api_keys:
+            raise ConfigError("an admin key must not also be an API key")
         if not self.api_keys and not self.allow_open and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to serve on non-loopback address {self.host!r} without API keys: "
@@ -126,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="TOKEN",
                         help="accepted bearer token; repeat for several (env API_KEYS, comma-separated)")
     parser.add_argument("--api-keys-file", help="file with one bearer token per line (env API_KEYS_FILE)")
+    parser.add_argument("--admin-key", action="append", dest="admin_keys", metavar="TOKEN",
+                        help="bearer token of the rollout admin route (promote, roll back); repeat for several "
+                             "(env ADMIN_KEYS, comma-separated); without one the route is off")
+    parser.add_argument("--shadow-log", help="JSON-lines file of shadow disagreements (env SHADOW_LOG; default "
+                                             "$TMPDIR/vgg-serve/shadow-disagreements.jsonl)")
     parser.add_argument("--triton-key-file",
                         help=f"Triton's access key, sent with every call to Triton (env {KEY_ENV} or {KEY_FILE_ENV})")
     parser.add_argument("--allow-open", action="store_true", default=None,
@@ -161,6 +171,10 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     for keys_file in {args.api_keys_file, env.get(ENV_PREFIX + "API_KEYS_FILE")} - {None, ""}:
         keys += _read_keys_file(str(keys_file))
     values["api_keys"] = frozenset(keys)
+    values["admin_keys"] = frozenset(list(args.admin_keys or []) + _split_list(env.get(ENV_PREFIX + "ADMIN_KEYS", "")))
+    shadow_log = pick("shadow_log", args.shadow_log)
+    if shadow_log:
+        values["shadow_log"] = Path(str(shadow_log))
     try:
         values["triton_key"] = read_key(args.triton_key_file, env)
     except AccessKeyError as exc:

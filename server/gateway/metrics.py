@@ -44,6 +44,26 @@ class GatewayMetrics:
                                      ["endpoint", "code"], registry=self.registry)
         self.endpoint_up = Gauge("vgg_gateway_triton_endpoint_up", "1 when the Triton endpoint answers its probe",
                                  ["endpoint"], registry=self.registry)
+        # rollouts (server/gateway/rollouts.py): labelled by the served pipeline and its candidate
+        pair = ["pipeline", "candidate"]
+        self.shadow_requests = Counter("vgg_gateway_shadow_requests", "Requests copied to a shadow candidate, by "
+                                       "outcome (compared, error, dropped)", [*pair, "outcome"],
+                                       registry=self.registry)
+        self.shadow_agreements = Counter("vgg_gateway_shadow_top1_agreements", "Shadow comparisons whose top-1 "
+                                         "classes agree", pair, registry=self.registry)
+        self.shadow_top5_overlap = Counter("vgg_gateway_shadow_top5_overlap", "Sum over comparisons of the share "
+                                           "of top-5 classes both answered", pair, registry=self.registry)
+        self.shadow_max_abs_diff = Gauge("vgg_gateway_shadow_max_abs_diff", "Largest |p - p'| of any class over "
+                                         "all comparisons", pair, registry=self.registry)
+        self.shadow_latency_ratio = Gauge("vgg_gateway_shadow_latency_ratio", "Candidate's median latency over "
+                                          "the primary's, in the rolling window", pair, registry=self.registry)
+        self.canary_requests = Counter("vgg_gateway_canary_requests", "Requests a canary answered (ok) or failed "
+                                       "(error: answered by the stable pipeline instead)", [*pair, "outcome"],
+                                       registry=self.registry)
+        self.canary_weight = Gauge("vgg_gateway_canary_weight", "Share of the pipeline's requests its canary "
+                                   "answers now (0 once rolled back)", pair, registry=self.registry)
+        self.canary_rollbacks = Counter("vgg_gateway_canary_rollbacks", "Canary roll-backs, automatic or by hand",
+                                        [*pair, "reason"], registry=self.registry)
 
     def forget_endpoint(self, url: str) -> None:
         """An endpoint that discovery retired: no stale series for it (its error counts stay)."""

@@ -13,11 +13,19 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from client.contract import CASCADE_KIND, KIND_PARAMETER, PROBS, SPEC_PARAMETER, default_pipeline
+from client.contract import (
+    CASCADE_KIND,
+    KIND_PARAMETER,
+    PROBS,
+    ROLLOUT_PARAMETER,
+    SPEC_PARAMETER,
+    default_pipeline,
+)
 from server.gateway.errors import ApiError, from_triton
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import TritonPool
 from server.maps import MAPS_GEOMETRY, MAPS_OF
+from server.rollout_spec import Rollout
 
 log = logging.getLogger("server.gateway")
 
@@ -37,6 +45,7 @@ class ServedPipeline:
     versions: dict[str, str] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     maps: dict[str, Any] | None = None  # the geometry of its `<name>_maps` ensemble, when Triton serves one
+    rollout: Rollout | None = None  # its shadow and canary (server/rollout_spec.py)
 
 
 def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]]) -> ServedPipeline | None:
@@ -56,13 +65,15 @@ def parse_pipeline(config: dict[str, Any], ready_versions: dict[str, list[str]])
     members = tuple(str(m) for m in spec.get("members", []))
     weights = spec.get("weights")
     versions = {m: _latest(ready_versions.get(m, [])) for m in members}
+    rollout = parameters.get(ROLLOUT_PARAMETER, {}).get("string_value")
     return ServedPipeline(
         name=config["name"], members=members,
         weights=tuple(float(w) for w in weights) if weights else None,
         scales=tuple(int(s) for s in spec.get("scales", [])), mode=str(spec.get("mode", "dense")),
         flips=bool(spec.get("flips", False)), num_classes=dims[-1] if dims else 0,
         description=str(spec.get("description", "")),
-        versions={m: v for m, v in versions.items() if v}, spec=spec)
+        versions={m: v for m, v in versions.items() if v}, spec=spec,
+        rollout=Rollout.from_json(rollout) if rollout else None)
 
 
 def _latest(versions: list[str]) -> str:

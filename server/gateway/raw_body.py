@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.gateway.classify_request import ClassifyQuery, admitted, parse_raw_query
 from server.gateway.errors import ApiError
+from server.gateway.rollouts import sticky_key
 from server.gateway.services import Services
 from server.gateway.uploads import GENERIC_TYPES, IMAGE_TYPES, empty_image, media_type, read_body
 
@@ -57,7 +58,8 @@ class RawBodyClassify:
                 body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
                 if not body:
                     raise empty_image()
-                result = await services.classifier.classify_to_dict(slot.pipeline, body, query.top_k)
+                result = await services.rollouts.classify(slot.pipeline, body, query.top_k,
+                                                          key=sticky_key(request.headers))
         except ApiError as error:
             await error.response()(scope, receive, send)
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -88,6 +90,13 @@ class PipelineInfo(BaseModel):
                                              "(its requests are retried and may fail with 503)")
     degraded_reason: str | None = Field(None, description="Triton's message about the broken step, if degraded")
     maps: bool = Field(False, description="Whether classify answers maps=true for it (pipelines with dense views)")
+    rollout: dict[str, Any] | None = Field(None, description="Its shadow (candidate, fraction) and canary (pipeline, "
+                                                              "weight now, state, reason, limits), when it has them")
+
+
+class RolloutAction(BaseModel):
+    action: Literal["promote", "rollback", "resume"] = Field(
+        description="promote: every request to the canary; rollback: none; resume: its configured weight")
 
 
 class PipelinesResponse(BaseModel):

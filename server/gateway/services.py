@@ -10,13 +10,14 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 
 from server.gateway.admission import Admission
-from server.gateway.auth import bearer_auth
+from server.gateway.auth import admin_auth, bearer_auth
 from server.gateway.classifier import Classifier
 from server.gateway.config import Settings
 from server.gateway.errors import ApiError
 from server.gateway.metrics import GatewayMetrics
 from server.gateway.pipeline_health import PipelineHealth
 from server.gateway.pipelines import PipelineCatalog
+from server.gateway.rollouts import Rollouts
 from server.gateway.tracing import NoTracing, tracing_for
 from server.gateway.triton_pool import TritonPool
 
@@ -34,17 +35,21 @@ class Services:
     admission: Admission
     check_auth: Callable[[Request], Awaitable[None]]
     tracing: NoTracing
+    rollouts: Rollouts
+    check_admin: Callable[[Request], Awaitable[None]]
 
     async def start(self) -> None:
         """Connect to Triton, start the degraded-pipeline canary, and learn the pipelines if Triton is up."""
         await self.pool.start(self.settings.health_interval_s)
         self.health.start(self.classifier.canary)
+        self.rollouts.start()
         with contextlib.suppress(ApiError):
             await self.catalog.refresh()
 
     async def close(self) -> None:
         """Let abandoned inferences finish before the connections close (closing could cancel them in Triton)."""
         await self.health.close()
+        await self.rollouts.close()
         await self.classifier.drain(timeout_s=10.0)
         await self.pool.close()
         self.tracing.shutdown()
@@ -67,5 +72,6 @@ def build_services(settings: Settings) -> Services:
     metrics.queued.set_function(lambda: admission.waiting)
     metrics.active.set_function(lambda: admission.active)
     metrics.abandoned.set_function(lambda: len(classifier.abandoned))
+    rollouts = Rollouts(classifier, admission, metrics, settings.shadow_log)
     return Services(settings, metrics, pool, catalog, health, classifier, admission, bearer_auth(settings.api_keys),
-                    tracing)
+                    tracing, rollouts, admin_auth(settings.admin_keys))

@@ -9,6 +9,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from client.contract import ROLLOUT_PARAMETER
 from server.cascade_spec import Cascade, with_resolved_stages
 from server.maps import maps_ensemble_config
 from server.pipeline_spec import Pipeline, Spec, SpecError
@@ -21,10 +22,12 @@ from server.repository.configs import (
     preprocess_config,
     preprocess_spec,
     resolve,
+    set_parameters,
 )
 from server.repository.exports import export_missing
 from server.repository.gpu import MemberUsage, deploy_member
 from server.repository.members import read_member
+from server.rollout_spec import Rollout
 from vgg.imaging import ImageLimits
 
 STEP_SOURCES = Path(__file__).resolve().parents[1] / "pipeline_steps"
@@ -43,6 +46,7 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     usage: dict[str, MemberUsage] = {}
     resolved: dict[str, Pipeline] = {}
     shared_steps: dict[tuple, str] = {}  # what a step computes -> the step model computing it for every pipeline
+    answers: dict[str, tuple[int, bytes | None]] = {}  # pipeline -> its classes and labels (rollouts compare them)
     plain = sorted((p for p in spec.pipelines.values() if not isinstance(p, Cascade)), key=lambda p: p.name)
     for pipeline in plain:
         members = [read_member(repository, m) for m in pipeline.members]
@@ -54,7 +58,10 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
         preprocess = shared_steps.setdefault(("preprocess", preprocess_spec(pipeline)), f"{pipeline.name}_preprocess")
         fuse = shared_steps.setdefault(("fuse", fuse_spec(pipeline), classes, labels.read_bytes() if labels else None),
                                        f"{pipeline.name}_fuse")
+        answers[pipeline.name] = (classes, labels.read_bytes() if labels else None)
         models = {pipeline.name: (ensemble_config(pipeline, classes, labels is not None, preprocess, fuse), None)}
+        if pipeline.name in spec.rollouts:
+            set_parameters(models[pipeline.name][0], {ROLLOUT_PARAMETER: spec.rollouts[pipeline.name].to_json()})
         if preprocess == f"{pipeline.name}_preprocess":
             models[preprocess] = (preprocess_config(preprocess, preprocess_spec(pipeline), limits),
                                   STEP_SOURCES / "preprocess.py")
@@ -72,7 +79,10 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
             if labels is not None and not name.endswith("_preprocess"):
                 files[repository / name / "labels.txt"] = labels.read_bytes()
     for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
-        files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits))
+        files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits,
+                                   spec.rollouts.get(cascade.name), answers))
+    for name, rollout in spec.rollouts.items():
+        check_same_answers(name, rollout, answers)
     for name, used in usage.items():
         path = repository / name / "config.pbtxt"
         deployed = deploy_member(text_format.Parse(path.read_text(), mc.ModelConfig()), target, used)
@@ -86,18 +96,37 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     return changed
 
 
-def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits) -> dict[Path, bytes]:
+def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits, rollout: Rollout | None,
+                  answers: dict[str, tuple[int, bytes | None]]) -> dict[Path, bytes]:
+    """The cascade's model; its classes and labels go into ``answers``."""
     members = [read_member(repository, m) for m in cascade.members]
     if len({m.num_classes for m in members}) != 1:
         raise SpecError(f"pipelines.{cascade.name}: the stages' members disagree on the number of classes "
                         + ", ".join(f"{m.name}={m.num_classes}" for m in members))
     labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
+    answers[cascade.name] = (members[0].num_classes, labels.read_bytes() if labels else None)
     config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
+    if rollout:
+        set_parameters(config, {ROLLOUT_PARAMETER: rollout.to_json()})
     files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
              repository / cascade.name / "1" / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
     if labels is not None:
         files[repository / cascade.name / "labels.txt"] = labels.read_bytes()
     return files
+
+
+def check_same_answers(name: str, rollout: Rollout, answers: dict[str, tuple[int, bytes | None]]) -> None:
+    """A shadow or canary must answer with the same classes, labelled alike, as the pipeline it stands beside."""
+    classes, labels = answers[name]
+    for key, part in (("shadow", rollout.shadow), ("canary", rollout.canary)):
+        if part is None:
+            continue
+        other_classes, other_labels = answers[part.pipeline]
+        if other_classes != classes:
+            raise SpecError(f"pipelines.{name}.{key}: {part.pipeline!r} answers {other_classes} classes, "
+                            f"{name!r} {classes}")
+        if other_labels != labels:
+            raise SpecError(f"pipelines.{name}.{key}: {part.pipeline!r} labels its classes unlike {name!r}")
 
 
 def write_if_changed(path: Path, content: bytes | None) -> bool:

@@ -24,14 +24,12 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.step_watch import marker_path, read_marker
-from server.triton_access import KEY_HEADER
+from server.triton_access import keyed_request
 
 STUB_BINARY = "triton_python_backend_stub"
 RELOAD_PARAMETER = "vgg.reloads"
@@ -205,14 +203,4 @@ class StubHealer:
                 if stub.model == model and pid not in old and stub.state not in "ZXTt"}
 
     def _request(self, path: str, body: dict | None = None) -> dict:
-        request = urllib.request.Request(f"http://{self.http_url}{path}",
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         method="GET" if body is None else "POST")
-        if self.key:
-            request.add_header(KEY_HEADER, self.key)
-        try:
-            with urllib.request.urlopen(request, timeout=self.reload_timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            raise OSError(f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
-        return json.loads(payload) if payload.strip() else {}
+        return keyed_request(self.http_url, path, self.key, body, self.reload_timeout_s)

@@ -10,8 +10,11 @@ key as the ``vgg-triton-key`` header.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -82,3 +85,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def keyed_request(http_url: str, path: str, key: str | None, body: dict | None = None,
+                  timeout_s: float = 120.0) -> dict:
+    """GET (or POST ``body`` to) one of Triton's keyed HTTP APIs at ``http_url`` ("host:port"): its JSON answer;
+    OSError naming Triton's status and message when it refuses."""
+    request = urllib.request.Request(f"http://{http_url}{path}", method="GET" if body is None else "POST",
+                                     data=None if body is None else json.dumps(body).encode())
+    if key:
+        request.add_header(KEY_HEADER, key)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+    return json.loads(payload) if payload.strip() else {}

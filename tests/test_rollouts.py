@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,7 @@ from client.cli import main as client_main
 from export.to_onnx import main as export_main
 from server.pipeline_spec import SpecError
 from server.repository import generate
+from server.repository.cli import main as repository_main
 from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 from train.demo_data import build as build_digits
@@ -94,7 +96,8 @@ def rolled(triton_repository, tmp_path_factory):
     with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log",
                       heal=False) as triton:
         gateway = start_gateway(tmp_path_factory, [triton.http_url], "--admin-key", ADMIN_KEY, "--shadow-log",
-                                str(folder / "shadow" / "disagreements.jsonl"), wait_ready=True)
+                                str(folder / "shadow" / "disagreements.jsonl"), "--catalog-refresh-s", "1",
+                                wait_ready=True)
         yield triton, gateway, folder
         gateway.stop()
 
@@ -210,6 +213,38 @@ def test_the_admin_route_and_the_cli_promote_and_roll_back(rolled, digits, capsy
         assert client.shadow_report("shadowed")["candidate"] == "candidate"
     assert client_main(["--url", gateway.url, "shadow", "shadowed"]) == 0
     assert json.loads(capsys.readouterr().out)["pipeline"] == "shadowed"
+
+
+def test_a_changed_rollout_applies_without_a_restart_or_a_failed_request(rolled, digits, capsys):
+    """The canary's weight raised to 1 in the spec, regenerated and applied to the running Triton while requests
+    flow: none fails, and the gateway routes by the new weight once it has re-read the pipeline."""
+    triton, gateway, folder = rolled
+    data = digits[3].read_bytes()
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            answers.append(classify(gateway, data, "split", **{"X-Rollout-Key": f"a{len(answers)}"}))
+
+    (folder / "spec.toml").write_text(SPEC.replace("weight = 0.3", "weight = 1.0"))
+    flowing = threading.Thread(target=load)
+    flowing.start()
+    try:
+        assert repository_main(["--spec", str(folder / "spec.toml"), "--repository", str(folder / "repository"),
+                                "--apply", triton.http_url]) == 0
+        assert "loaded split\n" in capsys.readouterr().out
+        deadline = time.monotonic() + 30
+        while not answers or answers[-1].json().get("pipeline") != "split_v2":
+            assert time.monotonic() < deadline, "the gateway never routed by the new weight"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        flowing.join()
+    assert answers and {a.status_code for a in answers} == {200}
+    tail = [a.json()["pipeline"] for a in answers[-5:]]
+    assert tail == ["split_v2"] * 5
 
 
 def test_rollouts_the_repository_cannot_honour_are_refused_at_generation(triton_repository, tmp_path):

@@ -53,6 +53,7 @@ class Settings:
     tracing: TraceExport | None = None  # from the standard OTEL_* variables (server/telemetry.py); None: off
     admin_keys: frozenset[str] = field(default_factory=frozenset, repr=False)  # the rollout admin route's; none: off
     shadow_log: Path = Path(tempfile.gettempdir()) / "vgg-serve" / "shadow-disagreements.jsonl"
+    shadow_busy_inflight: int = 1  # users' requests in flight from which shadow copies wait (and, queued, drop)
 
     def validate(self) -> Settings:
         """Raise ConfigError on nonsense and on an open, non-loopback bind without an explicit opt-in."""
@@ -66,6 +67,7 @@ class Settings:
             "triton_timeout_s": self.triton_timeout_s, "body_timeout_s": self.body_timeout_s,
             "health_interval_s": self.health_interval_s, "catalog_refresh_s": self.catalog_refresh_s,
             "batch_concurrency": self.batch_concurrency, "dns_refresh_s": self.dns_refresh_s,
+            "shadow_busy_inflight": self.shadow_busy_inflight,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -114,7 +116,7 @@ _NUMERIC = {
     "port": int, "max_body_bytes": int, "max_batch_files": int, "max_top_k": int, "max_inflight": int,
     "max_queue": int, "queue_timeout_s": float, "triton_timeout_s": float, "body_timeout_s": float,
     "health_interval_s": float, "catalog_refresh_s": float, "batch_concurrency": int, "retry_after_s": int,
-    "dns_refresh_s": float,
+    "dns_refresh_s": float, "shadow_busy_inflight": int,
 }
 
 

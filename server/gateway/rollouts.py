@@ -1,9 +1,10 @@
 """Rollouts on live traffic, as a pipeline's config declares them (server/rollout_spec.py):
 
-- **shadow**: a share of the requests the pipeline answers is copied to a candidate pipeline off the request path
-  (a bounded queue; dropped, and counted, when full or while requests wait for a slot), and the two answers are
-  compared: top-1 agreement, top-5 overlap, max |Δp| over every class, the candidate's latency ratio and errors;
-  disagreements go to a JSON-lines log;
+- **shadow**: a share of the requests the pipeline answers is copied to a candidate pipeline off the request path:
+  a bounded queue whose one worker sends a copy only while the service is quiet (fewer users' requests in flight
+  than ``busy_at``), so under load the queue fills and copies are dropped, and counted, before users wait; the two
+  answers are compared: top-1 agreement, top-5 overlap, max |Δp| over every class, the candidate's latency ratio
+  and errors; disagreements go to a JSON-lines log;
 - **canary**: a share of the requests, sticky per key, is answered by another pipeline; a canary failure (the
   service's fault, not the image's) is answered by the stable pipeline instead, and past the limits (error rate,
   latency ratio, agreement from a shadow on it) the canary is rolled back; promoted or rolled back by hand through
@@ -41,7 +42,7 @@ from server.rollout_spec import Canary, Shadow
 log = logging.getLogger("server.gateway")
 STICKY_HEADER = "x-rollout-key"  # the canary's stickiness: this header, else the API key, else none
 SHADOW_QUEUE = 64  # shadow jobs waiting; more are dropped
-SHADOW_WORKERS = 2
+QUIET_POLL_S = 0.005  # how often a waiting shadow job looks for a quiet moment
 ACTIONS = ("promote", "rollback", "resume")
 
 
@@ -175,8 +176,10 @@ class Rollouts:
     """Answers a classification request the way its pipeline's rollout says, and keeps the rollouts' state."""
 
     def __init__(self, classifier: Classifier, admission: Admission, metrics: GatewayMetrics,
-                 disagreement_log: Path) -> None:
+                 disagreement_log: Path, busy_at: int = 1) -> None:
+        """``busy_at``: users' requests in flight from which the service counts as busy (shadow copies wait)."""
         self.classifier, self.admission, self.metrics = classifier, admission, metrics
+        self.busy_at = busy_at
         self.disagreement_log = disagreement_log
         self.shadows: dict[str, ShadowStats] = {}
         self.canaries: dict[str, CanaryState] = {}
@@ -185,7 +188,7 @@ class Rollouts:
         self._kept_image_bytes = 0
 
     def start(self) -> None:
-        self._workers = [asyncio.create_task(self._work()) for _ in range(SHADOW_WORKERS)]
+        self._workers = [asyncio.create_task(self._work())]
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -265,7 +268,7 @@ class Rollouts:
 
     def _queue_shadow(self, job: ShadowJob) -> None:
         stats = self._shadow_stats(job.pipeline)
-        if self.admission.waiting > 0 or self.queue.full():  # the service is busy: shadow work goes first
+        if self.queue.full():  # the service has been busy for a while: shadow work goes first
             stats.dropped += 1
             self.metrics.shadow_requests.labels(job.pipeline.name, stats.shadow.pipeline, "dropped").inc()
             return
@@ -275,6 +278,8 @@ class Rollouts:
         while True:
             job = await self.queue.get()
             try:
+                while self.admission.active >= self.busy_at:
+                    await asyncio.sleep(QUIET_POLL_S)
                 await self._compare(job)
             except Exception as exc:  # a worker must outlive any one job
                 log.warning("shadow comparison failed: %s", exc)

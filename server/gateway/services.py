@@ -72,6 +72,6 @@ def build_services(settings: Settings) -> Services:
     metrics.queued.set_function(lambda: admission.waiting)
     metrics.active.set_function(lambda: admission.active)
     metrics.abandoned.set_function(lambda: len(classifier.abandoned))
-    rollouts = Rollouts(classifier, admission, metrics, settings.shadow_log)
+    rollouts = Rollouts(classifier, admission, metrics, settings.shadow_log, settings.shadow_busy_inflight)
     return Services(settings, metrics, pool, catalog, health, classifier, admission, bearer_auth(settings.api_keys),
                     tracing, rollouts, admin_auth(settings.admin_keys))

@@ -41,7 +41,8 @@ from server.rollout_spec import Canary, Shadow
 
 log = logging.getLogger("server.gateway")
 STICKY_HEADER = "x-rollout-key"  # the canary's stickiness: this header, else the API key, else none
-SHADOW_QUEUE = 64  # shadow jobs waiting; more are dropped
+SHADOW_QUEUE = 16  # shadow copies waiting for a quiet moment; more are dropped
+SHADOW_QUEUE_BYTES = 64 * 2**20  # and no more images than this waiting
 QUIET_POLL_S = 0.005  # how often a waiting shadow job looks for a quiet moment
 ACTIONS = ("promote", "rollback", "resume")
 
@@ -186,6 +187,7 @@ class Rollouts:
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(SHADOW_QUEUE)
         self._workers: list[asyncio.Task[None]] = []
         self._kept_image_bytes = 0
+        self._queued_bytes = 0
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work())]
@@ -268,10 +270,11 @@ class Rollouts:
 
     def _queue_shadow(self, job: ShadowJob) -> None:
         stats = self._shadow_stats(job.pipeline)
-        if self.queue.full():  # the service has been busy for a while: shadow work goes first
-            stats.dropped += 1
+        if self.queue.full() or self._queued_bytes + len(job.image) > SHADOW_QUEUE_BYTES:
+            stats.dropped += 1  # the service has been busy for a while: shadow work goes first
             self.metrics.shadow_requests.labels(job.pipeline.name, stats.shadow.pipeline, "dropped").inc()
             return
+        self._queued_bytes += len(job.image)
         self.queue.put_nowait(job)
 
     async def _work(self) -> None:
@@ -280,6 +283,7 @@ class Rollouts:
             try:
                 while self.admission.active >= self.busy_at:
                     await asyncio.sleep(QUIET_POLL_S)
+                self._queued_bytes -= len(job.image)
                 await self._compare(job)
             except Exception as exc:  # a worker must outlive any one job
                 log.warning("shadow comparison failed: %s", exc)

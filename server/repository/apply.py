@@ -1,6 +1,7 @@
 """Applying a regenerated repository to a running Triton, without a restart: every model whose files changed is
 loaded again (Triton serves the old version until the new one is ready, so no request fails), new models are
-loaded, removed ones unloaded. Helper models go first, the pipelines that call them last.
+loaded, removed ones unloaded. The pipelines' members go first (Triton skips those that did not change, and loads a
+member's new version folder), then the steps, the pipelines that call them last.
 
 What was loaded this way is served until Triton restarts; a restarted Triton loads the models it loaded at its
 first start (server/triton_launcher.py), so a pipeline added since needs the service restarted to stay.
@@ -36,11 +37,14 @@ def _stage(config_path: Path) -> int:
     return 1 if config.platform == "ensemble" else 0
 
 
-def apply(changed: list[str], repository: Path, http_url: str, key: str | None) -> list[str]:
-    """Load and unload what changed on the Triton at ``http_url``; what was done, one entry per model. OSError
-    (Triton's own message) stops at the first refusal."""
+def apply(changed: list[str], repository: Path, http_url: str, key: str | None,
+          members: set[str] = frozenset()) -> list[str]:
+    """Load and unload what changed on the Triton at ``http_url``, ``members`` (the pipelines' members) first; what
+    was done, one entry per model. OSError (Triton's own message) stops at the first refusal."""
     load, unload = changed_models(changed, repository)
     done = []
+    for name in sorted(members - set(load)):
+        keyed_request(http_url, f"/v2/repository/models/{name}/load", key, {})
     for name in load:
         keyed_request(http_url, f"/v2/repository/models/{name}/load", key, {})
         done.append(f"loaded {name}")

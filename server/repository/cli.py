@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"{len(changed)} files written" if changed else "already up to date"))
     if args.apply and changed:
         try:
-            for line in apply(changed, args.repository, args.apply, key):
+            members = {member for pipeline in spec.pipelines.values() for member in pipeline.members}
+            for line in apply(changed, args.repository, args.apply, key, members):
                 print(f"  {line}")
         except OSError as exc:
             print(f"repository: error: Triton at {args.apply} refused: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from server.repository.configs import (
 )
 from server.repository.exports import export_missing
 from server.repository.gpu import MemberUsage, deploy_member
-from server.repository.members import read_member
+from server.repository.members import answer_version, read_member
 from server.rollout_spec import Rollout
 from vgg.imaging import ImageLimits
 
@@ -73,9 +73,10 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
             maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None, preprocess, fuse),
                                         pipeline, windows)
             models[maps.name] = (maps, None)
+        versions = {pipeline.name: answer_version(members)}  # the steps and the maps stay at 1: nothing caches them
         for name, (config, source) in models.items():
             files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
-            files[repository / name / "1" / "model.py"] = source.read_bytes() if source else None
+            files[repository / name / str(versions.get(name, 1)) / "model.py"] = source.read_bytes() if source else None
             if labels is not None and not name.endswith("_preprocess"):
                 files[repository / name / "labels.txt"] = labels.read_bytes()
     for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
@@ -90,6 +91,7 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
             files[path] = text_format.MessageToString(deployed).encode()
     changed = [str(path) for path, content in files.items() if write_if_changed(path, content)]
     generated = {path.parent.name for path in files if path.name == "config.pbtxt"}
+    changed += prune_versions(repository, {path.parent for path in files if path.name == "model.py"})
     for stale in generated_models(repository) - generated:
         shutil.rmtree(repository / stale)
         changed.append(f"{repository / stale} (removed)")
@@ -108,8 +110,9 @@ def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits, rollo
     config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
     if rollout:
         set_parameters(config, {ROLLOUT_PARAMETER: rollout.to_json()})
+    version = str(answer_version(members))
     files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
-             repository / cascade.name / "1" / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
+             repository / cascade.name / version / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
     if labels is not None:
         files[repository / cascade.name / "labels.txt"] = labels.read_bytes()
     return files
@@ -127,6 +130,19 @@ def check_same_answers(name: str, rollout: Rollout, answers: dict[str, tuple[int
                             f"{name!r} {classes}")
         if other_labels != labels:
             raise SpecError(f"pipelines.{name}.{key}: {part.pipeline!r} labels its classes unlike {name!r}")
+
+
+def prune_versions(repository: Path, written: set[Path]) -> list[str]:
+    """Other version folders of the models whose version folder was just written (a pipeline whose members
+    changed version has a new one), removed; Triton serves the new version once the model is loaded again. Members'
+    versions are never touched."""
+    removed = []
+    for name in sorted({folder.parent.name for folder in written}):
+        for folder in sorted((repository / name).iterdir()):
+            if folder.is_dir() and folder.name.isdigit() and folder not in written:
+                shutil.rmtree(folder)
+                removed.append(f"{folder} (old version removed)")
+    return removed
 
 
 def write_if_changed(path: Path, content: bytes | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -28,12 +29,16 @@ def keyed_gateway(triton, tmp_path_factory):
     server.stop()
 
 
-def access_lines(gateway) -> list[dict]:
-    lines = []
-    for line in gateway.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"request_id"' in line:
-            lines.append(json.loads(line))
-    return lines
+def access_lines(gateway, *wanted: str) -> list[dict]:
+    """The access log's lines, once the ``wanted`` request IDs are among them: a line is written after its response
+    is sent, so it may land a moment after the client has its answer."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in gateway.log_path.read_text(errors="replace").splitlines()
+                 if line.startswith("{") and '"request_id"' in line]
+        if set(wanted) <= {line["request_id"] for line in lines} or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def classify(gateway, content: bytes, headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
@@ -64,7 +69,7 @@ def test_one_access_log_line_per_request_with_what_happened(keyed_gateway, sampl
     image = sample_images["coffee_600x400.webp"]
     classify(keyed_gateway, image, {"X-Request-ID": "logged-ok"}, pipeline="fusion")
     classify(keyed_gateway, MARKER, {"X-Request-ID": "logged-bad"}, pipeline="fast")
-    lines = {line["request_id"]: line for line in access_lines(keyed_gateway)}
+    lines = {line["request_id"]: line for line in access_lines(keyed_gateway, "logged-ok", "logged-bad")}
     ok, bad = lines["logged-ok"], lines["logged-bad"]
     assert (ok["route"], ok["pipeline"], ok["status"], ok["error_code"]) == ("/v1/classify", "fusion", 200, "")
     assert ok["bytes_in"] == len(image) and 0 < ok["triton_ms"] <= ok["gateway_ms"]
@@ -123,7 +128,7 @@ def test_the_client_sdk_and_client_score_carry_the_id(gateway, sample_images, tm
     assert {row["status"] for row in rows} == {"ok", "error"}
     ids = [row["request_id"] for row in rows]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == 2
-    logged = {line["request_id"] for line in access_lines(gateway)}
+    logged = {line["request_id"] for line in access_lines(gateway, *ids)}
     assert set(ids) <= logged  # each row leads to its line in the gateway's access log
 
 

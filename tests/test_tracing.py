@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import httpx
 import pytest
@@ -63,10 +64,15 @@ def children(spans: list[Span], parent: Span) -> list[Span]:
 
 
 def access_line(gateway, request_id: str) -> dict:
-    for line in gateway.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and f'"request_id":"{request_id}"' in line:
-            return json.loads(line)
-    raise AssertionError(f"no access-log line for {request_id}")
+    """The request's access-log line: written once the response is sent, so it may land a moment after."""
+    deadline = time.monotonic() + 10
+    while True:
+        for line in gateway.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and f'"request_id":"{request_id}"' in line:
+                return json.loads(line)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access-log line for {request_id}")
+        time.sleep(0.05)
 
 
 def test_a_fusion_request_is_one_trace_from_the_caller_through_every_member(traced, receiver, sample_images):

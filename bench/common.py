@@ -55,16 +55,18 @@ def photo_jpeg(size: tuple[int, int] | None = None) -> bytes:
 
 
 def start_gateway(triton_url: str, timeout: float = 60, module: str = "server.gateway",
-                  env: dict[str, str] | None = None, quiet: bool = False) -> tuple[subprocess.Popen, str]:
+                  env: dict[str, str] | None = None, quiet: bool = False,
+                  tree: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`python -m server.gateway` (or another module taking its flags: bench.bare_proxy) on a free loopback port,
-    once its /readyz answers 200: (process, base URL); ``env`` is added to this process's environment, and
-    ``quiet`` sends its stdout (the access log) to /dev/null."""
+    once its /readyz answers 200: (process, base URL); ``env`` is added to this process's environment,
+    ``quiet`` sends its stdout (the access log) to /dev/null, and ``tree`` runs another checkout's code."""
     import httpx
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", module, "--triton-url", triton_url, "--port",
-                                str(port), "--log-level", "warning"], env={**os.environ, **(env or {})},
-                               stdout=subprocess.DEVNULL if quiet else None)
+                                str(port), "--log-level", "warning"],
+                               env={**os.environ, **(env or {}), **({"PYTHONPATH": str(tree)} if tree else {})},
+                               cwd=tree, stdout=subprocess.DEVNULL if quiet else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

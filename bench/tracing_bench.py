@@ -3,13 +3,16 @@ side in one run (median latency, throughput), with every span exported to a coll
 
     .venv/bin/python -m bench.tracing_bench --vgg11            # full-size VGG-11 `fast` (the goal's case)
     .venv/bin/python -m bench.tracing_bench --repository model_repository --requests 200
+    .venv/bin/python -m bench.tracing_bench --repository model_repository --before c48b1f5   # + the gateway then
 
 Two Tritons serve the same repository: one as the service runs without OTEL_* variables, one in OpenTelemetry mode
 as the launcher starts it behind a gateway (it traces exactly the requests that carry a sampled context). Three
 gateways: off (in front of the first), 100% and 10% (in front of the second). The stand-in collector is an OTLP/HTTP
 endpoint here that reads each export and answers 200 without decoding it, as a remote collector costs this machine
 nothing but the sending. Rounds alternate the sides so drift on a shared machine hits all alike; only the side being
-measured has load. Results go to bench/results/tracing.md.
+measured has load. With --before COMMIT a fourth side runs that commit's gateway (a git worktree, as bench.startup
+makes it) in front of the first Triton: what tracing off costs against a gateway without tracing code.
+Results go to bench/results/tracing.md.
 Goal (issue 31): at 100% sampling >= 0.97x the throughput of tracing off, on full-size VGG-11 `fast`.
 """
 
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="per measurement")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", help="also run this commit's gateway (a worktree) in front of the plain Triton")
     parser.add_argument("--no-record", action="store_true", help="print only; bench/results/tracing.md untouched")
     args = parser.parse_args(argv)
 
@@ -132,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, sampler in SIDES.items():
             process, urls[name] = start_gateway(plain.http_url if name == "off" else traced.http_url,
                                                 env={} if name == "off" else {**env, **sampler}, quiet=True)
+            gateways.append(process)
+        if args.before:
+            from bench.startup import prepare_before
+
+            tree, _ = prepare_before(args.before)
+            process, urls[f"before ({args.before})"] = start_gateway(plain.http_url, quiet=True, tree=tree)
             gateways.append(process)
         result = measure(urls, args.pipeline, args.requests, args.concurrency, args.rounds)
         time.sleep(6)  # Triton's exporter sends every 5 s: the counts below include the last batch

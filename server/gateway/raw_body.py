@@ -21,7 +21,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.gateway.classify_request import ClassifyQuery, admitted, parse_raw_query
 from server.gateway.errors import ApiError
-from server.gateway.rollouts import sticky_key
 from server.gateway.services import Services
 from server.gateway.uploads import GENERIC_TYPES, IMAGE_TYPES, empty_image, media_type, read_body
 
@@ -59,7 +58,7 @@ class RawBodyClassify:
                 if not body:
                     raise empty_image()
                 result = await services.rollouts.classify(slot.pipeline, body, query.top_k,
-                                                          key=sticky_key(request.headers))
+                                                          headers=request.headers)
         except ApiError as error:
             await error.response()(scope, receive, send)
             return

@@ -47,8 +47,10 @@ QUIET_POLL_S = 0.005  # how often a waiting shadow job looks for a quiet moment
 ACTIONS = ("promote", "rollback", "resume")
 
 
-def sticky_key(headers: Mapping[str, str]) -> str | None:
+def sticky_key(headers: Mapping[str, str] | None) -> str | None:
     """What keeps a caller on one side of a canary: its X-Rollout-Key, else its API key; None: no stickiness."""
+    if headers is None:
+        return None
     explicit = headers.get(STICKY_HEADER, "").strip()
     if explicit:
         return "header:" + explicit
@@ -204,14 +206,14 @@ class Rollouts:
         await self.queue.join()
 
     async def classify(self, pipeline: ServedPipeline, image: bytes, top_k: int, maps: bool = False,
-                       key: str | None = None) -> dict[str, Any]:
+                       headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The answer body, from the canary or the pipeline itself; a shadow copy queued when sampled. Score maps
-        come from the pipeline itself, outside any rollout."""
+        come from the pipeline itself, outside any rollout. ``headers``: the request's (its canary stickiness)."""
         rollout = pipeline.rollout
         if rollout is None or maps:
             return await self.classifier.classify_to_dict(pipeline, image, top_k, maps=maps)
         canary = self._canary(pipeline)
-        if canary is not None and canary.chooses(key):
+        if canary is not None and canary.chooses(sticky_key(headers)):
             answer = await self._from_canary(pipeline, canary, image, top_k)
             if answer is not None:
                 return answer

@@ -42,9 +42,8 @@ class NoTracing:
     def instrument(self, app: Any) -> None:
         """Nothing to instrument."""
 
-    @contextlib.contextmanager
-    def triton_call(self, pipeline: str, model: str, cascade: bool) -> Iterator[TritonCall]:
-        yield _NO_CALL
+    def triton_call(self, pipeline: str, model: str, cascade: bool) -> contextlib.AbstractContextManager[TritonCall]:
+        return _NO_CALL_CONTEXT
 
     def finish_request(self, fields: dict[str, Any]) -> str:
         """The current trace's ID for the access log ("" when not traced), after tagging the request's span."""
@@ -54,7 +53,7 @@ class NoTracing:
         """Nothing to flush."""
 
 
-_NO_CALL = TritonCall()
+_NO_CALL_CONTEXT = contextlib.nullcontext(TritonCall())  # reusable: it holds no state
 NO_TRACING = NoTracing()
 
 

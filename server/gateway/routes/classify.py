@@ -19,7 +19,6 @@ from server.gateway.classify_request import (
     top_k_parameter,
 )
 from server.gateway.errors import ApiError
-from server.gateway.rollouts import sticky_key
 from server.gateway.schemas import BatchItem, BatchResponse, ClassifyResponse, ErrorBody, error_responses
 from server.gateway.services import Services
 from server.gateway.uploads import IMAGE_TYPES, read_images
@@ -86,7 +85,7 @@ def router(services: Services) -> APIRouter:
         if part.error:
             raise part.error
         result = ClassifyResponse(**await rollouts.classify(slot.pipeline, part.data, query.top_k, query.maps,
-                                                            sticky_key(request.headers)))
+                                                            request.headers))
         result.timing_ms = round((time.perf_counter() - slot.started) * 1000, 3)
         return result
 
@@ -96,14 +95,13 @@ def router(services: Services) -> APIRouter:
         (slot, query) = admission
         parts = await read_images(request, settings.max_body_bytes, settings.body_timeout_s, settings.max_batch_files)
         gate = asyncio.Semaphore(settings.batch_concurrency)
-        key = sticky_key(request.headers)
 
         async def one(index: int, filename: str | None, data: bytes, error: ApiError | None) -> BatchItem:
             if error is None:
                 try:
                     async with gate:
                         result = ClassifyResponse(**await rollouts.classify(slot.pipeline, data, query.top_k,
-                                                                            key=key))
+                                                                            headers=request.headers))
                     return BatchItem(index=index, filename=filename, status=200, result=result)
                 except ApiError as exc:
                     if exc.status >= 500 or exc.status == 429:

@@ -7,6 +7,7 @@ gateway: the gateway fails over, Docker restarts the container, and the gateway 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -80,8 +81,8 @@ class Load:
     def __init__(self, deployment: Deployment, limit_s: float = 300) -> None:
         self.answers: list[tuple[float, int, str]] = []  # (when sent, status or -1 for no answer, Retry-After)
         self.stopped = threading.Event()
-        self.digit = Image.open(io.BytesIO(digit_png(3)))
-        self.sent = 0
+        self.digit = Image.open(io.BytesIO(digit_png(3))).copy()  # decoded now: the clients' threads share it
+        self.sent = itertools.count(1)  # thread-safe: every image its own number
         self.deadline = time.monotonic() + limit_s
         self.threads = [threading.Thread(target=self.client, args=(deployment,)) for _ in range(LOAD_CLIENTS)]
         for thread in self.threads:
@@ -101,9 +102,8 @@ class Load:
 
     def unique_image(self) -> bytes:
         """The same digit, with bytes of its own (a text chunk), so that Triton's response cache never answers."""
-        self.sent += 1
         info = PngImagePlugin.PngInfo()
-        info.add_text("request", str(self.sent))
+        info.add_text("request", str(next(self.sent)))
         buffer = io.BytesIO()
         self.digit.save(buffer, "PNG", pnginfo=info)
         return buffer.getvalue()

@@ -21,7 +21,8 @@ NUM_CLASSES, TRAINING_SIZE = 10, 64
 SERVER_FIXTURES = {"triton", "gateway", "limited_gateway", "secured_gateway", "serve", "load", "maps_triton",
                    "maps_gateway", "served"}
 SERVER_MODULES = {"test_default_pipelines", "test_demo_precision", "test_deploy", "test_discovery", "test_faults",
-                  "test_gateway_failover", "test_launcher", "test_precision", "test_serve", "test_train"}
+                  "test_gateway_failover", "test_launcher", "test_precision", "test_response_cache", "test_serve",
+                  "test_train"}
 
 
 # What makes a test a container test (marker `container`; `pytest -m "not container"` runs without Docker): it

@@ -106,10 +106,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), header]}
-                # the request's span ends with the response's last byte: what it learnt goes on it now
-                record.trace_id = self.tracing.finish_request({
-                    "request_id": record.request_id, "pipeline": pipeline_of(record, scope),
-                    "cascade.stage": record.stage, "error_code": record.error_code})
+                if self.tracing.enabled:  # the request's span ends with the response's last byte: tag it now
+                    record.trace_id = self.tracing.finish_request({
+                        "request_id": record.request_id, "pipeline": pipeline_of(record, scope),
+                        "cascade.stage": record.stage, "error_code": record.error_code})
             await send(message)
 
         try:

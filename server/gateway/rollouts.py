@@ -96,22 +96,24 @@ class ShadowStats:
     def window_agreement(self) -> float | None:
         return sum(c.top1_agrees for c in self.recent) / len(self.recent) if self.recent else None
 
+    def window_latency_ratio(self) -> float | None:
+        return round(statistics.median(c.latency_ratio for c in self.recent), 4) if self.recent else None
+
     def report(self) -> dict[str, Any]:
         recent = list(self.recent)
         window = _summary(len(recent), sum(c.top1_agrees for c in recent), sum(c.top5_overlap for c in recent),
-                          max((c.max_abs_diff for c in recent), default=0.0), [c.latency_ratio for c in recent])
-        since = _summary(self.compared, self.agreements, self.overlap_sum, self.max_abs_diff, [])
-        since.pop("latency_ratio")
+                          max((c.max_abs_diff for c in recent), default=0.0))
+        window["latency_ratio"] = self.window_latency_ratio()
+        since = _summary(self.compared, self.agreements, self.overlap_sum, self.max_abs_diff)
         since.update(errors=self.errors, dropped=self.dropped)
         return {"pipeline": self.primary, "candidate": self.shadow.pipeline, "fraction": self.shadow.fraction,
                 "since_start": since, "window": window}
 
 
-def _summary(count: int, agreements: int, overlap: float, max_diff: float, ratios: list[float]) -> dict[str, Any]:
+def _summary(count: int, agreements: int, overlap: float, max_diff: float) -> dict[str, Any]:
     return {"compared": count, "top1_agreements": agreements,
             "top1_agreement": round(agreements / count, 6) if count else None,
-            "top5_overlap": round(overlap / count, 6) if count else None, "max_abs_diff": round(max_diff, 6),
-            "latency_ratio": round(statistics.median(ratios), 4) if ratios else None}
+            "top5_overlap": round(overlap / count, 6) if count else None, "max_abs_diff": round(max_diff, 6)}
 
 
 class CanaryState:
@@ -200,10 +202,6 @@ class Rollouts:
         for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-
-    async def idle(self) -> None:
-        """Until every queued shadow job is done (the tests' and the benchmark's barrier)."""
-        await self.queue.join()
 
     async def classify(self, pipeline: ServedPipeline, image: bytes, top_k: int, maps: bool = False,
                        headers: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -313,7 +311,7 @@ class Rollouts:
         self.metrics.shadow_agreements.labels(*labels).inc(comparison.top1_agrees)
         self.metrics.shadow_top5_overlap.labels(*labels).inc(comparison.top5_overlap)
         self.metrics.shadow_max_abs_diff.labels(*labels).set(stats.max_abs_diff)
-        self.metrics.shadow_latency_ratio.labels(*labels).set(stats.report()["window"]["latency_ratio"])
+        self.metrics.shadow_latency_ratio.labels(*labels).set(stats.window_latency_ratio())
         if not comparison.top1_agrees:
             self._log_disagreement(job, stats, body["predictions"], comparison)
         canary = self.canaries.get(job.pipeline.name)

@@ -15,7 +15,6 @@ import io
 import json
 import struct
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -46,17 +45,7 @@ async def infer_maps(client: TritonHttpClient, model: str, outputs: list[str], d
                      top_k: int, request_id: str | None = None,
                      headers: bytes = b"") -> tuple[list[str], dict[str, np.ndarray]]:
     """(Triton's top-k strings, output name -> float32 score maps [views, classes, h, w])."""
-    body, header_length = maps_request(outputs, data, top_k, request_id)
-    status, payload = await client.request(
-        "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
-        b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n%s"
-        % (header_length, headers))
-    if status != 200:
-        try:
-            message = str(json.loads(payload).get("error", ""))
-        except (ValueError, AttributeError):
-            message = payload[:500].decode("utf-8", "replace")
-        raise TritonHttpError(status, message or f"HTTP {status}")
+    payload = await client.infer(model, *maps_request(outputs, data, top_k, request_id), headers)
     # The response is a JSON header, then the binary tensors in the order of the header's outputs.
     _, end = json.JSONDecoder().raw_decode(payload.decode("latin-1"))
     header = json.loads(payload[:end])

@@ -188,17 +188,23 @@ class TritonHttpClient:
         """classify, plus the named ``extra`` outputs as JSON lists (a cascade's `stage` and `stages`); the
         request carries ``request_id`` as Triton's request ID, and ``headers`` (whole lines: a trace context)."""
         body, header_length = classification_request(input_name, output_name, data, top_k, extra, request_id)
+        payload = await self.infer(model, body, header_length, headers)
+        outputs = {output.get("name"): output.get("data", []) for output in json.loads(payload).get("outputs", [])}
+        missing = [name for name in (output_name, *extra) if name not in outputs]
+        if missing:
+            raise TritonHttpError(502, f"the inference server's response has no {missing[0]!r} output")
+        return [str(item) for item in outputs[output_name]], {name: [str(i) for i in outputs[name]] for name in extra}
+
+    async def infer(self, model: str, body: bytes, header_length: int, headers: bytes = b"") -> bytes:
+        """POST an inference request in the binary tensor extension's framing (``header_length``: its JSON header's
+        length) with ``headers`` (whole lines); the response's body, TritonHttpError on an error status."""
         status, payload = await self.request(
             "POST", f"/v2/models/{quote(model, safe='')}/infer", body,
             b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n%s"
             % (header_length, headers))
         if status != 200:
             raise _error(status, payload)
-        outputs = {output.get("name"): output.get("data", []) for output in json.loads(payload).get("outputs", [])}
-        missing = [name for name in (output_name, *extra) if name not in outputs]
-        if missing:
-            raise TritonHttpError(502, f"the inference server's response has no {missing[0]!r} output")
-        return [str(item) for item in outputs[output_name]], {name: [str(i) for i in outputs[name]] for name in extra}
+        return payload
 
     async def close(self) -> None:
         for connection in self._idle:

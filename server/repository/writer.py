@@ -55,10 +55,10 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
             usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
         labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
         classes = members[0].num_classes
+        label_bytes = labels.read_bytes() if labels else None
+        answers[pipeline.name] = (classes, label_bytes)
         preprocess = shared_steps.setdefault(("preprocess", preprocess_spec(pipeline)), f"{pipeline.name}_preprocess")
-        fuse = shared_steps.setdefault(("fuse", fuse_spec(pipeline), classes, labels.read_bytes() if labels else None),
-                                       f"{pipeline.name}_fuse")
-        answers[pipeline.name] = (classes, labels.read_bytes() if labels else None)
+        fuse = shared_steps.setdefault(("fuse", fuse_spec(pipeline), classes, label_bytes), f"{pipeline.name}_fuse")
         models = {pipeline.name: (ensemble_config(pipeline, classes, labels is not None, preprocess, fuse), None)}
         if pipeline.name in spec.rollouts:
             set_parameters(models[pipeline.name][0], {ROLLOUT_PARAMETER: spec.rollouts[pipeline.name].to_json()})
@@ -77,8 +77,8 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
         for name, (config, source) in models.items():
             files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
             files[repository / name / str(versions.get(name, 1)) / "model.py"] = source.read_bytes() if source else None
-            if labels is not None and not name.endswith("_preprocess"):
-                files[repository / name / "labels.txt"] = labels.read_bytes()
+            if label_bytes is not None and not name.endswith("_preprocess"):
+                files[repository / name / "labels.txt"] = label_bytes
     for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
         files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits,
                                    spec.rollouts.get(cascade.name), answers))
@@ -106,15 +106,16 @@ def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits, rollo
         raise SpecError(f"pipelines.{cascade.name}: the stages' members disagree on the number of classes "
                         + ", ".join(f"{m.name}={m.num_classes}" for m in members))
     labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
-    answers[cascade.name] = (members[0].num_classes, labels.read_bytes() if labels else None)
+    label_bytes = labels.read_bytes() if labels else None
+    answers[cascade.name] = (members[0].num_classes, label_bytes)
     config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
     if rollout:
         set_parameters(config, {ROLLOUT_PARAMETER: rollout.to_json()})
     version = str(answer_version(members))
     files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
              repository / cascade.name / version / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
-    if labels is not None:
-        files[repository / cascade.name / "labels.txt"] = labels.read_bytes()
+    if label_bytes is not None:
+        files[repository / cascade.name / "labels.txt"] = label_bytes
     return files
 
 

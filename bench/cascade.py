@@ -103,7 +103,7 @@ def stage_costs(cascade: Cascade, size: tuple[int, int], counter: MacCounter) ->
     for stage in cascade.stage_pipelines:
         for member in stage.members:
             for view in stage.views():
-                for unit in view_units(stage, member, view):
+                for unit in view_units(member, view):
                     if unit not in seen:
                         seen.add(unit)
                         total += unit_gmac(counter, stage, member, view, size)

@@ -197,8 +197,9 @@ def prepare_before(commit: str) -> tuple[Path, Path]:
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
                        capture_output=True)
     repository = tree / "model_repository"
+    steps = ("preprocess", "fuse", "*_preprocess", "*_fuse", "*_maps")  # its generator writes its own
     shutil.copytree(ROOT / "model_repository", repository, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".optimized", "*_preprocess", "*_fuse", "*_maps"))
+                    ignore=shutil.ignore_patterns(".optimized", *steps))
     subprocess.run([sys.executable, "-m", "server.repository", "--spec", "pipelines.toml", "--repository",
                     str(repository)], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
                    capture_output=True)

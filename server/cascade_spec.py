@@ -36,11 +36,11 @@ def stops_at(stage_probs: list[np.ndarray], rule: str, thresholds: tuple[float, 
     return len(stage_probs) - 1
 
 
-def view_units(pipeline: Pipeline, member: str, view: View) -> list[tuple]:
+def view_units(member: str, view: View) -> list[tuple]:
     """What a member's evaluation of a view is made of: the unmirrored rows, then (with flips) the mirrored ones,
     the halves of the view's tensor in that order. Two stages sharing a unit share its rows and their posteriors."""
-    crops = (pipeline.crop_size, pipeline.grid) if view.kind == "crops" else ()
-    return [(member, view.kind, view.scale, *crops, mirrored) for mirrored in ((False, True) if pipeline.flips
+    crops = (view.crop_size, view.grid) if view.kind == "crops" else ()
+    return [(member, view.kind, view.scale, *crops, mirrored) for mirrored in ((False, True) if view.flips
                                                                                 else (False,))]
 
 

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from server.rollout_spec import Rollout
 
 MODES = ("dense", "multi-crop", "dense+multi-crop")
+# The two step models every pipeline's ensemble runs, shared by all pipelines (one set of stub processes however
+# many pipelines are served): no pipeline or model may take these names.
+PREPROCESS_STEP, FUSE_STEP = "preprocess", "fuse"
+VIEWS_PARAMETER = "preprocess.views"  # the preprocess step's config: output name -> the View it computes
+FUSIONS_PARAMETER = "fuse.pipelines"  # the fuse step's config: output name -> the pipeline it fuses for
 VARIANTS = ("int8", "bf16")  # export/to_onnx.py --quantize int8 / --bf16: members named <model>_<variant>
 
 
@@ -66,14 +71,18 @@ class Pipeline:
         return [w / sum(weights) for w in weights]
 
     def views(self) -> list[View]:
-        """The tensors the preprocess step emits: one per (kind, scale)."""
+        """What the members evaluate: one tensor per (kind, scale)."""
         out = []
         for q in self.scales:
             if self.dense:
-                out.append(View("dense", q))
+                out.append(View("dense", q, self.flips))
             if self.multi_crop:
-                out.append(View("crops", q))
+                out.append(View("crops", q, self.flips, self.crop_size, self.grid))
         return out
+
+    def posteriors(self) -> list[str]:
+        """What its fusion reads: the posteriors of each (member position, view)."""
+        return [posterior(i, view) for i in range(len(self.members)) for view in self.views()]
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -88,14 +97,35 @@ class Pipeline:
         return cls(**data)
 
 
+def posterior(index: int, view: View) -> str:
+    """The ensemble tensor holding the posteriors of a pipeline's member number `index` on a view (the fuse step's
+    input; the maps ensemble reads member and scale back from it)."""
+    return f"m{index}_{view.tensor}"
+
+
+def fused_output(pipeline: str) -> str:
+    """The fuse step's output answering one pipeline."""
+    return f"probs_{pipeline}"
+
+
 @dataclass(frozen=True)
 class View:
     kind: str  # "dense": whole image (+ mirror); "crops": the grid of crops (+ mirrors)
     scale: int
+    flips: bool = False
+    crop_size: int = 0  # crops only
+    grid: int = 0  # crops only
 
     @property
     def tensor(self) -> str:
+        """Its name inside one pipeline's ensemble, where kind and scale tell the views apart."""
         return f"{self.kind}_{self.scale}"
+
+    @property
+    def recipe(self) -> str:
+        """Its name among every pipeline's views: the shared preprocess step's output computing exactly this."""
+        crops = f"_{self.crop_size}x{self.grid}" if self.kind == "crops" else ""
+        return f"{self.tensor}{crops}{'_flip' if self.flips else ''}"
 
 
 @dataclass

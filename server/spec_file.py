@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from server.cascade_spec import build_cascade
-from server.pipeline_spec import MODES, VARIANTS, ModelSource, Pipeline, Spec, SpecError
+from server.pipeline_spec import FUSE_STEP, MODES, PREPROCESS_STEP, VARIANTS, ModelSource, Pipeline, Spec, SpecError
 from server.rollout_spec import ROLLOUT_KEYS, build_rollout
 
 TABLES = frozenset({"limits", "models", "pipelines"})
@@ -27,6 +27,9 @@ def load_spec(path: Path) -> Spec:
         tables = ", ".join(f"[{t}]" for t in sorted(TABLES))
         raise SpecError(f"{path}: unknown table [{unknown[0]}]; a spec has {tables}")
     spec = Spec(limits=dict(raw.get("limits", {})))
+    for table in ("models", "pipelines"):
+        for name in set(raw.get(table, {})) & {PREPROCESS_STEP, FUSE_STEP}:
+            raise SpecError(f"{table}.{name}: the name {name!r} is taken by the step model every pipeline shares")
     for name, entry in raw.get("models", {}).items():
         entry = dict(entry)
         if "variants" in entry:

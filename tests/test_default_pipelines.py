@@ -54,7 +54,7 @@ def test_default_pipelines_classify_held_out_digits(served, digits):
     repository, client = served
     members = {m for p in SPEC.pipelines.values() for m in p.members}
     assert {"vgg_d_int8", "vgg_d_bf16"} <= members  # the reduced-precision variants ship as pipelines
-    steps = ("_preprocess", "_fuse", "_maps")
+    steps = ("preprocess", "fuse", "_maps")
     assert sorted(p.name for p in repository.iterdir() if not p.name.endswith(steps)) == sorted(
         {*SPEC.pipelines, *members})
     for pipeline in SPEC.pipelines:

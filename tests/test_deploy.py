@@ -224,7 +224,7 @@ def served(tmp_path_factory, triton_repository):
     triton = container(resources[("Deployment", "vgg-serve-triton")], "triton")
     gateway = container(resources[("Deployment", "vgg-serve-gateway")], "gateway")
     repository = tmp_path_factory.mktemp("deploy-repository")
-    for model in ("fast", "fast_preprocess", "fast_fuse", "vgg_d"):
+    for model in ("fast", "preprocess", "fuse", "vgg_d"):
         shutil.copytree(triton_repository / model, repository / model)
     ports = {8000: free_port(), 8001: free_port(), 8002: free_port()}
     secret = {"triton-key": TRITON_KEY, "metrics-api-key": "metrics-key-1", "api-keys": "client-key-1\n"}

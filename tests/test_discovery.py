@@ -62,7 +62,7 @@ def served_requests(server: TritonServer) -> float:
 @pytest.fixture(scope="module")
 def fast_repository(tmp_path_factory, triton_repository) -> Path:
     repository = tmp_path_factory.mktemp("discovery-repository")
-    for model in ("fast", "fast_preprocess", "fast_fuse", "vgg_d"):
+    for model in ("fast", "preprocess", "fuse", "vgg_d"):
         shutil.copytree(triton_repository / model, repository / model)
     return repository
 

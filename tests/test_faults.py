@@ -60,10 +60,10 @@ def test_triton_binds_loopback_when_the_gateway_binds_every_address(serve):
 
 def test_a_killed_step_heals_and_no_request_fails_after(serve, load):
     assert wait_until(lambda: served_since(load, 0), 60)
-    victim = serve.stubs("fast_preprocess")[0]
+    victim = serve.stubs("preprocess")[0]  # one of two: the other serves meanwhile
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    assert wait_until(lambda: "fast_preprocess reloaded" in serve.output(), 30), serve.output()[-2000:]
+    assert wait_until(lambda: "preprocess reloaded" in serve.output(), 30), serve.output()[-2000:]
     healed_at = time.monotonic()
     assert wait_until(lambda: served_since(load, healed_at + 0.5, 40), 60)
     window = load.between(killed_at, killed_at + 10)
@@ -72,16 +72,16 @@ def test_a_killed_step_heals_and_no_request_fails_after(serve, load):
     after = load.between(healed_at + 0.5)
     assert after and all(o.status == 200 for o in after), Load.statuses(after)
     assert victim.pid not in {s.pid for s in serve.stubs()}
-    assert wait_until(lambda: len(serve.stubs("fast_preprocess")) == 2, 30), serve.stubs("fast_preprocess")
+    assert wait_until(lambda: len(serve.stubs("preprocess")) == 2, 30), serve.stubs("preprocess")
 
 
 def test_a_frozen_step_is_killed_and_replaced(serve, load):
     assert wait_until(lambda: served_since(load, 0), 60)
-    victim = serve.stubs("fusion_preprocess")[0]
+    (victim,) = serve.stubs("fuse")  # the only one: every pipeline waits on it
     frozen_at = time.monotonic()
     os.kill(victim.pid, signal.SIGSTOP)
     assert wait_until(lambda: victim.pid not in {s.pid for s in serve.stubs()}, 30), serve.output()[-2000:]
-    assert wait_until(lambda: "fusion_preprocess reloaded" in serve.output(), 30), serve.output()[-2000:]
+    assert wait_until(lambda: "fuse reloaded" in serve.output(), 30), serve.output()[-2000:]
     healed_at = time.monotonic()
     assert wait_until(lambda: served_since(load, healed_at + 0.5, 40), 60)
     during = load.between(frozen_at, healed_at)
@@ -98,7 +98,7 @@ def test_restricted_triton_refuses_calls_without_its_key(serve):
     assert httpx.get(f"{base}/v2/health/ready").status_code == 200  # health stays open
     for method, path in (("POST", "/v2/repository/index"), ("GET", "/v2/models/fast/config"),
                          ("GET", "/v2/models/fast"), ("POST", "/v2/repository/models/fast/unload"),
-                         ("POST", "/v2/repository/models/fast_preprocess/load"), ("POST", "/v2/models/fast/infer"),
+                         ("POST", "/v2/repository/models/preprocess/load"), ("POST", "/v2/models/fast/infer"),
                          ("GET", "/v2/models/stats")):
         refused = httpx.request(method, base + path, content=b"{}")
         assert refused.status_code == 403 and "restricted" in refused.text, (path, refused.text)

@@ -36,7 +36,7 @@ TRITON_SERVICE = "vgg-serve-triton"  # the headless Service the gateway's VGG_GA
 SECRETS = {"vgg-serve-secrets": {"triton-key": "pods-test-triton-key-0123456789",
                                  "metrics-api-key": "pods-test-metrics-key",
                                  "api-keys": "pods-test-api-key-1\npods-test-api-key-2\n"}}
-READY_TIMEOUT_S = 240  # Triton starts ~30 Python stubs; on 2 busy cores that alone can take a minute or more
+READY_TIMEOUT_S = 240  # Triton starts a dozen Python stubs; on 2 busy cores that alone can take a minute
 QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 FACTORS = {None: 1, "m": 1e-3, "k": 1e3, "Ki": 2**10, "M": 1e6, "Mi": 2**20, "G": 1e9, "Gi": 2**30, "T": 1e12,
            "Ti": 2**40}

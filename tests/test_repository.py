@@ -40,7 +40,7 @@ def test_second_run_changes_nothing(repository):
 def test_ensemble_wiring_follows_the_spec(repository):
     config = text_format.Parse((repository / "fusion" / "config.pbtxt").read_text(), mc.ModelConfig())
     steps = [s.model_name for s in config.ensemble_scheduling.step]
-    assert steps[0] == "fusion_preprocess" and steps[-1] == "fusion_fuse"
+    assert steps[0] == "preprocess" and steps[-1] == "fuse"
     assert sorted(steps[1:-1]) == sorted(["vgg_a", "vgg_d", "vgg_e"] * 3)  # 3 members x 3 scales
     assert config.max_batch_size == 0 and config.input[0].data_type == mc.TYPE_STRING
     assert config.output[0].label_filename == "labels.txt"
@@ -52,22 +52,48 @@ def test_removed_pipeline_is_cleaned_up_and_members_stay(repository, tmp_path):
     changed = generate(load_spec(path), repository)
     assert any("fusion (removed)" in c for c in changed)
     names = sorted(p.name for p in repository.iterdir())
-    assert names == ["only", "only_fuse", "only_maps", "only_preprocess", "vgg_a", "vgg_d", "vgg_e"]
+    assert names == ["fuse", "only", "only_maps", "preprocess", "vgg_a", "vgg_d", "vgg_e"]
 
 
-def test_pipelines_that_preprocess_or_fuse_alike_share_one_step(repository, tmp_path):
+def test_every_pipeline_shares_one_preprocess_and_one_fuse_step(repository, tmp_path):
+    """Views are told apart by their recipe (two pipelines at Q=64 with and without flips get two outputs), and
+    each ensemble maps out only its own views and its own fused output."""
     path = spec_file(tmp_path, '[pipelines.b_one]\nmembers = ["vgg_a"]\nscales = [64, 96]\nflips = true\n'
-                               '[pipelines.a_other]\nmembers = ["vgg_d"]\nscales = [64, 96]\nflips = true\n'
-                               '[pipelines.c_pair]\nmembers = ["vgg_a", "vgg_d"]\nscales = [64, 96]\nflips = true\n')
+                               '[pipelines.a_other]\nmembers = ["vgg_d"]\nscales = [64]\n'
+                               '[pipelines.c_pair]\nmembers = ["vgg_a", "vgg_d"]\nscales = [64]\n'
+                               'mode = "multi-crop"\ngrid = 2\npreprocess_instances = 3\n')
     generate(load_spec(path), repository)
     names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
-    assert names == ["a_other", "a_other_fuse", "a_other_maps", "a_other_preprocess", "b_one", "b_one_maps",
-                     "c_pair", "c_pair_fuse", "c_pair_maps", "vgg_a", "vgg_d", "vgg_e"]  # first by name names it
-    for pipeline, fuse in (("b_one", "a_other_fuse"), ("c_pair", "c_pair_fuse")):  # two members fuse otherwise
-        config = text_format.Parse((repository / pipeline / "config.pbtxt").read_text(), mc.ModelConfig())
-        steps = [s.model_name for s in config.ensemble_scheduling.step]
-        assert steps[0] == "a_other_preprocess" and steps[-1] == fuse, steps
+    assert names == ["a_other", "a_other_maps", "b_one", "b_one_maps", "c_pair", "fuse", "preprocess",
+                     "vgg_a", "vgg_d", "vgg_e"]
+    preprocess = parse(repository / "preprocess")
+    assert [o.name for o in preprocess.output] == ["crops_64_64x2", "dense_64", "dense_64_flip", "dense_96_flip"]
+    assert preprocess.instance_group[0].count == 3  # the most any pipeline asks for
+    fuse = parse(repository / "fuse")
+    assert [o.name for o in fuse.output] == ["probs_a_other", "probs_b_one", "probs_c_pair"]
+    assert all(i.optional for i in fuse.input) and not (repository / "fuse" / "labels.txt").exists()
+    wiring = {"a_other": ({"dense_64": "dense_64"}, "probs_a_other"),
+              "b_one": ({"dense_64_flip": "dense_64", "dense_96_flip": "dense_96"}, "probs_b_one"),
+              "c_pair": ({"crops_64_64x2": "crops_64"}, "probs_c_pair")}
+    for pipeline, (views, fused) in wiring.items():
+        steps = parse(repository / pipeline).ensemble_scheduling.step
+        assert (steps[0].model_name, steps[-1].model_name) == ("preprocess", "fuse")
+        assert dict(steps[0].output_map) == views and dict(steps[-1].output_map) == {fused: "probs"}
+        assert set(steps[-1].input_map) <= {i.name for i in fuse.input}
     assert generate(load_spec(path), repository) == []
+
+
+@pytest.mark.parametrize("table", ["models", "pipelines"])
+@pytest.mark.parametrize("name", ["preprocess", "fuse"])
+def test_the_shared_steps_names_are_taken(tmp_path, table, name):
+    entry = '[models.vgg_a]\n' if table == "models" else ""
+    text = entry + f'[{table}.{name}]\n' + ('members = ["vgg_a"]\nscales = [64]\n' if table == "pipelines" else "")
+    with pytest.raises(SpecError, match=f"{table}.{name}: the name '{name}' is taken by the step model"):
+        load_spec(spec_file(tmp_path, text))
+
+
+def parse(model: Path) -> mc.ModelConfig:
+    return text_format.Parse((model / "config.pbtxt").read_text(), mc.ModelConfig())
 
 
 BAD_SPECS = {
@@ -128,7 +154,7 @@ def test_gpu_target_covers_every_shape_the_pipelines_send_and_reverts(repository
                    for low, high in zip(*profiles, strict=True)), shape
     warmups = {(w.batch_size, *w.inputs["image"].dims) for w in config.model_warmup}
     assert {(2, 3, 128, 170), (50, 3, 64, 64), (1, 3, 64, 85)} <= warmups
-    preprocess = text_format.Parse((repository / "fast_preprocess" / "config.pbtxt").read_text(), mc.ModelConfig())
+    preprocess = parse(repository / "preprocess")
     assert preprocess.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert generate(spec, repository, target="gpu") == []
     generate(spec, repository, target="cpu")

@@ -85,7 +85,7 @@ def test_a_fusion_request_is_one_trace_from_the_caller_through_every_member(trac
     with Client(gateway.url) as client, trace.use_span(NonRecordingSpan(caller)):
         answer = client.classify(sample_images["china_500x333.jpg"], pipeline="fusion")
     spans = receiver.wait_for(complete(trace_id, "POST /v1/classify", "triton fusion", "InferRequest", "fusion",
-                                       "fusion_preprocess", "fusion_fuse", *FUSION_MEMBERS))
+                                       "preprocess", "fuse", *FUSION_MEMBERS))
     spans = [span for span in spans if span.trace_id == trace_id]
     server = one(spans, "POST /v1/classify")
     assert server.parent_id == caller_id and server.service == "vgg-serve-gateway"
@@ -98,7 +98,7 @@ def test_a_fusion_request_is_one_trace_from_the_caller_through_every_member(trac
     ensemble = one(spans, "fusion")
     assert ensemble.parent_id == request.span_id
     below = children(spans, ensemble)
-    assert {span.name for span in below} == {"fusion_preprocess", "fusion_fuse", *FUSION_MEMBERS}
+    assert {span.name for span in below} == {"preprocess", "fuse", *FUSION_MEMBERS}
     assert len([span for span in below if span.name == "vgg_d"]) == 3  # one run per scale, mirrors batched in
     for step in below:  # each model's own run is its compute span
         assert [span.name for span in children(spans, step)] == ["compute"], step.name
@@ -134,7 +134,7 @@ def test_a_bad_image_s_spans_carry_the_error_code(traced, receiver):
         client.classify(b"not an image at all", pipeline="fast")
     assert refused.value.code == "invalid_image"
     trace_id = access_line(gateway, refused.value.request_id)["trace_id"]
-    spans = receiver.wait_for(complete(trace_id, "POST /v1/classify", "triton fast", "fast_preprocess"))
+    spans = receiver.wait_for(complete(trace_id, "POST /v1/classify", "triton fast", "preprocess"))
     server = one([span for span in spans if span.trace_id == trace_id], "POST /v1/classify")
     assert server.attributes["vgg.error_code"] == server.attributes["error.type"] == "invalid_image"
     call = one([span for span in spans if span.trace_id == trace_id], "triton fast")
@@ -160,6 +160,6 @@ def test_tracing_off_sends_nothing_even_when_the_caller_has_a_context(traced, re
     later = httpx.post(gateway.url + "/v1/classify", params={"pipeline": "fast"}, timeout=60,
                        content=sample_images["china_500x333.jpg"], headers={"content-type": "image/jpeg"})
     later_trace = access_line(gateway, later.headers["x-request-id"])["trace_id"]
-    receiver.wait_for(complete(later_trace, "POST /v1/classify", "fast_fuse"))
+    receiver.wait_for(complete(later_trace, "POST /v1/classify", "fuse"))
     assert receiver.trace(untraced) == []
     assert "/healthz" not in {span.attributes.get("http.route") for span in receiver.spans}  # probes: untraced

@@ -19,11 +19,11 @@ import triton_python_backend_utils as pb_utils
 
 from client.contract import INPUT, LIMITS_PARAMETER, PROBS, SPEC_PARAMETER, STAGE_REPORT
 from server.cascade_spec import Cascade, confidence, view_units
-from server.pipeline_spec import Pipeline, View
+from server.pipeline_spec import Pipeline, posterior
 from server.pipeline_steps.fuse import fuse
-from server.pipeline_steps.preprocess import decode_request
+from server.pipeline_steps.preprocess import decode_request, view_tensor
 from server.step_watch import Marker, watched
-from vgg.imaging import ImageLimits, dense_views, grid_crops, rescale
+from vgg.imaging import ImageLimits
 
 
 class StepFailed(Exception):
@@ -81,11 +81,11 @@ class TritonPythonModel:
         wanted, calls = {}, []
         for index, member in enumerate(stage.members):
             for view in stage.views():
-                units = view_units(stage, member, view)
-                wanted[f"m{index}_{view.tensor}"] = units
+                units = view_units(member, view)
+                wanted[posterior(index, view)] = units
                 missing = [i for i, unit in enumerate(units) if unit not in evaluated]
                 if missing:
-                    tensor = self._tensor(stage, view, image, rescaled)
+                    tensor = view_tensor(view, image, rescaled)
                     if len(missing) < len(units):  # one half of [originals; mirrors]
                         half = len(tensor) // len(units)
                         tensor = tensor[missing[0] * half:(missing[0] + 1) * half]
@@ -97,15 +97,6 @@ class TritonPythonModel:
             for unit, rows in zip(units, np.split(probs, len(units)), strict=True):
                 evaluated[unit] = rows
         return {name: np.concatenate([evaluated[unit] for unit in units]) for name, units in wanted.items()}
-
-    @staticmethod
-    def _tensor(stage: Pipeline, view: View, image: object, rescaled: dict[int, np.ndarray]) -> np.ndarray:
-        if view.scale not in rescaled:
-            rescaled[view.scale] = rescale(image, view.scale)
-        chw = rescaled[view.scale]
-        if view.kind == "dense":
-            return dense_views(chw, stage.flips)
-        return grid_crops(chw, stage.crop_size, stage.grid, stage.flips)
 
     @staticmethod
     async def _infer(member: str, tensor: np.ndarray, trace: object) -> np.ndarray:

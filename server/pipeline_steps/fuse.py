@@ -1,7 +1,10 @@
-"""Triton Python model: the pipeline's last step. Average soft-max posteriors as the paper does (Sec. 3.2, 4.4).
+"""Triton Python model: every pipeline's last step. Average soft-max posteriors as the paper does (Sec. 3.2, 4.4).
 
-Per member: the mean over the views of one kind (flips and crops) and then over the scales; dense and multi-crop
-posteriors averaged when both are on; finally the members' posteriors averaged with the pipeline's weights.
+One model serves every pipeline: it has one output per pipeline, `probs_<pipeline>`, and each ensemble maps out its
+own, so the output Triton asks for says whose posteriors came in (the inputs `m{member}_{kind}_{Q}` are optional:
+each ensemble fills only its pipeline's). Per member: the mean over the views of one kind (flips and crops) and
+then over the scales; dense and multi-crop posteriors averaged when both are on; finally the members' posteriors
+averaged with the pipeline's weights.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import PROBS, SPEC_PARAMETER
-from server.pipeline_spec import Pipeline
+from server.pipeline_spec import FUSIONS_PARAMETER, Pipeline, posterior
 from server.step_watch import Marker, watched
 
 
@@ -22,7 +24,7 @@ def fuse(pipeline: Pipeline, posteriors: dict[str, np.ndarray]) -> np.ndarray:
     for index, weight in enumerate(pipeline.member_weights()):
         by_kind: dict[str, list[np.ndarray]] = {}
         for view in pipeline.views():
-            by_kind.setdefault(view.kind, []).append(posteriors[f"m{index}_{view.tensor}"].mean(axis=0))
+            by_kind.setdefault(view.kind, []).append(posteriors[posterior(index, view)].mean(axis=0))
         member = np.mean([np.mean(per_scale, axis=0) for per_scale in by_kind.values()], axis=0)
         fused = weight * member if fused is None else fused + weight * member
     return fused.astype(np.float32)
@@ -31,16 +33,23 @@ def fuse(pipeline: Pipeline, posteriors: dict[str, np.ndarray]) -> np.ndarray:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        self.pipeline = Pipeline.from_json(parameters[SPEC_PARAMETER]["string_value"])
-        self.inputs = [f"m{i}_{view.tensor}" for i in range(len(self.pipeline.members))
-                       for view in self.pipeline.views()]
+        self.pipelines = {output: Pipeline.from_json(json.dumps(spec)) for output, spec in
+                          json.loads(parameters[FUSIONS_PARAMETER]["string_value"]).items()}
         self.marker = Marker(args["model_config"])
 
     @watched
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            posteriors = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
-            probs = fuse(self.pipeline, posteriors)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(PROBS, probs)]))
-        return responses
+        return [self._one(request) for request in requests]
+
+    def _one(self, request: object) -> object:
+        tensors = []
+        for output in request.requested_output_names():
+            pipeline = self.pipelines[output]
+            posteriors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in pipeline.posteriors()}
+            missing = sorted(name for name, tensor in posteriors.items() if tensor is None)
+            if missing:  # an ensemble that does not match this step's config: a generator bug, said plainly
+                message = f"fuse: {output} needs the inputs {', '.join(missing)}"
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+            probs = fuse(pipeline, {name: tensor.as_numpy() for name, tensor in posteriors.items()})
+            tensors.append(pb_utils.Tensor(output, probs))
+        return pb_utils.InferenceResponse(output_tensors=tensors)

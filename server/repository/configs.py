@@ -1,4 +1,4 @@
-"""The Triton configs of one pipeline: its preprocess and fuse steps, its ensemble, or its cascade model.
+"""The Triton configs: every pipeline's ensemble (or cascade model) and the preprocess and fuse steps they share.
 
 Pure functions of the checked spec (no files read or written), so the generator's output is easy to test.
 """
@@ -20,7 +20,16 @@ from client.contract import (
     STAGE_REPORT,
 )
 from server.cascade_spec import Cascade
-from server.pipeline_spec import Pipeline, SpecError
+from server.pipeline_spec import (
+    FUSE_STEP,
+    FUSIONS_PARAMETER,
+    PREPROCESS_STEP,
+    VIEWS_PARAMETER,
+    Pipeline,
+    SpecError,
+    fused_output,
+    posterior,
+)
 from server.repository.members import Member
 from vgg.imaging import ImageLimits
 
@@ -44,68 +53,67 @@ def resolve(pipeline: Pipeline, members: list[Member]) -> Pipeline:
     return dataclasses.replace(pipeline, crop_size=crop)
 
 
-def preprocess_config(name: str, pipeline: Pipeline, limits: ImageLimits) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+def preprocess_config(pipelines: list[Pipeline], limits: ImageLimits) -> mc.ModelConfig:
+    """The one preprocess step of every pipeline: an output per distinct view, as many instances as the most any
+    pipeline asks for."""
+    config = mc.ModelConfig(name=PREPROCESS_STEP, backend="python", max_batch_size=0)
     config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
-    for view in pipeline.views():
-        side = [-1, -1] if view.kind == "dense" else [pipeline.crop_size, pipeline.crop_size]
-        config.output.add(name=view.tensor, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=pipeline.preprocess_instances)
-    set_parameters(config, {SPEC_PARAMETER: pipeline.to_json(),
+    views = {view.recipe: view for pipeline in pipelines for view in pipeline.views()}
+    for name, view in sorted(views.items()):
+        side = [-1, -1] if view.kind == "dense" else [view.crop_size, view.crop_size]
+        config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
+    count = max(pipeline.preprocess_instances for pipeline in pipelines)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)
+    set_parameters(config, {VIEWS_PARAMETER: json.dumps({name: dataclasses.asdict(view)
+                                                         for name, view in sorted(views.items())}),
                              LIMITS_PARAMETER: json.dumps(dataclasses.asdict(limits))})
     return config
 
 
-def fuse_config(name: str, pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    for index in range(len(pipeline.members)):
-        for view in pipeline.views():
-            config.input.add(name=f"m{index}_{view.tensor}", data_type=mc.TYPE_FP32, dims=[-1, num_classes])
-    output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
-    if has_labels:
-        output.label_filename = "labels.txt"
+def fuse_config(pipelines: dict[Pipeline, int]) -> mc.ModelConfig:
+    """The one fuse step of every pipeline (pipeline -> its number of classes): an output per pipeline, the union of
+    their posteriors as optional inputs. Members are only positions to it, so pipelines of different members share
+    input names."""
+    config = mc.ModelConfig(name=FUSE_STEP, backend="python", max_batch_size=0)
+    inputs = sorted({name for pipeline in pipelines for name in pipeline.posteriors()})
+    for name in inputs:
+        config.input.add(name=name, data_type=mc.TYPE_FP32, dims=[-1, -1], optional=True)
+    for pipeline, num_classes in sorted(pipelines.items(), key=lambda item: item[0].name):
+        config.output.add(name=fused_output(pipeline.name), data_type=mc.TYPE_FP32, dims=[num_classes])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
+    fusions = {fused_output(p.name): json.loads(fuse_spec(p).to_json()) for p in pipelines}
+    set_parameters(config, {FUSIONS_PARAMETER: json.dumps(fusions, sort_keys=True)})
     return config
 
 
-def preprocess_spec(pipeline: Pipeline) -> Pipeline:
-    """What a preprocess step needs of its pipeline, and no more: pipelines that preprocess alike share one step."""
-    return dataclasses.replace(pipeline, name="", members=(), weights=(), description="")
-
-
 def fuse_spec(pipeline: Pipeline) -> Pipeline:
-    """What a fuse step needs: how many members, their weights and the views; members are only positions to it."""
-    return dataclasses.replace(pipeline, name="", members=tuple(f"m{i}" for i in range(len(pipeline.members))),
+    """What the fuse step needs of a pipeline: its members' weights and its views; members are only positions."""
+    return dataclasses.replace(pipeline, members=tuple(f"m{i}" for i in range(len(pipeline.members))),
                                weights=tuple(pipeline.member_weights()), description="")
 
 
-def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool, preprocess: str | None = None,
-                    fuse: str | None = None) -> mc.ModelConfig:
-    """image (one encoded image) -> preprocess -> every member on every view -> fuse -> probs [classes]; the steps
-    are ``preprocess`` and ``fuse`` (models that may serve other pipelines too), ``<pipeline>_preprocess`` and
-    ``<pipeline>_fuse`` unless given."""
+def ensemble_config(pipeline: Pipeline, num_classes: int, has_labels: bool) -> mc.ModelConfig:
+    """image (one encoded image) -> the preprocess step's views of this pipeline -> every member on every view ->
+    the fuse step's output for this pipeline -> probs [classes]."""
     config = mc.ModelConfig(name=pipeline.name, platform="ensemble", max_batch_size=0)
     config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
     output = config.output.add(name=PROBS, data_type=mc.TYPE_FP32, dims=[num_classes])
     if has_labels:
         output.label_filename = "labels.txt"
     steps = config.ensemble_scheduling.step
-    preprocess_step = steps.add(model_name=preprocess or f"{pipeline.name}_preprocess", model_version=-1)
+    preprocess_step = steps.add(model_name=PREPROCESS_STEP, model_version=-1)
     preprocess_step.input_map[INPUT] = INPUT
-    posteriors = []
     for view in pipeline.views():
-        preprocess_step.output_map[view.tensor] = view.tensor
+        preprocess_step.output_map[view.recipe] = view.tensor
     for index, member in enumerate(pipeline.members):
         for view in pipeline.views():
             step = steps.add(model_name=member, model_version=-1)
             step.input_map[INPUT] = view.tensor
-            step.output_map[PROBS] = f"m{index}_{view.tensor}"
-            posteriors.append(f"m{index}_{view.tensor}")
-    fuse_step = steps.add(model_name=fuse or f"{pipeline.name}_fuse", model_version=-1)
-    for name in posteriors:
+            step.output_map[PROBS] = posterior(index, view)
+    fuse_step = steps.add(model_name=FUSE_STEP, model_version=-1)
+    for name in pipeline.posteriors():
         fuse_step.input_map[name] = name
-    fuse_step.output_map[PROBS] = PROBS
+    fuse_step.output_map[fused_output(pipeline.name)] = PROBS
     config.response_cache.enable = True  # deterministic: a repeated image is a look-up (when the launcher has a cache)
     set_parameters(config, {SPEC_PARAMETER: pipeline.to_json()})
     return config

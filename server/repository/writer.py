@@ -18,9 +18,7 @@ from server.repository.configs import (
     cascade_config,
     ensemble_config,
     fuse_config,
-    fuse_spec,
     preprocess_config,
-    preprocess_spec,
     resolve,
     set_parameters,
 )
@@ -34,9 +32,8 @@ STEP_SOURCES = Path(__file__).resolve().parents[1] / "pipeline_steps"
 
 
 def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
-    """Write every pipeline's ensemble and its steps (and members' deployment settings); returns the paths that
-    changed. Pipelines that preprocess alike, or fuse alike, share one step model, named after the first of them by
-    name: fewer stub processes, the same answers."""
+    """Write every pipeline's ensemble, the preprocess and fuse steps they all share (one set of stub processes
+    however many pipelines), and members' deployment settings; returns the paths that changed."""
     try:
         limits = ImageLimits(**spec.limits)
     except TypeError as exc:
@@ -45,7 +42,7 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     files: dict[Path, bytes] = {}
     usage: dict[str, MemberUsage] = {}
     resolved: dict[str, Pipeline] = {}
-    shared_steps: dict[tuple, str] = {}  # what a step computes -> the step model computing it for every pipeline
+    classes: dict[Pipeline, int] = {}
     answers: dict[str, tuple[int, bytes | None]] = {}  # pipeline -> its classes and labels (rollouts compare them)
     plain = sorted((p for p in spec.pipelines.values() if not isinstance(p, Cascade)), key=lambda p: p.name)
     for pipeline in plain:
@@ -54,31 +51,25 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
         for member in members:
             usage.setdefault(member.name, MemberUsage(member.min_input_size)).add(pipeline)
         labels = members[0].labels if members[0].labels and members[0].labels.exists() else None
-        classes = members[0].num_classes
+        classes[pipeline] = members[0].num_classes
         label_bytes = labels.read_bytes() if labels else None
-        answers[pipeline.name] = (classes, label_bytes)
-        preprocess = shared_steps.setdefault(("preprocess", preprocess_spec(pipeline)), f"{pipeline.name}_preprocess")
-        fuse = shared_steps.setdefault(("fuse", fuse_spec(pipeline), classes, label_bytes), f"{pipeline.name}_fuse")
-        models = {pipeline.name: (ensemble_config(pipeline, classes, labels is not None, preprocess, fuse), None)}
+        answers[pipeline.name] = (classes[pipeline], label_bytes)
+        ensemble = ensemble_config(pipeline, classes[pipeline], labels is not None)
         if pipeline.name in spec.rollouts:
-            set_parameters(models[pipeline.name][0], {ROLLOUT_PARAMETER: spec.rollouts[pipeline.name].to_json()})
-        if preprocess == f"{pipeline.name}_preprocess":
-            models[preprocess] = (preprocess_config(preprocess, preprocess_spec(pipeline), limits),
-                                  STEP_SOURCES / "preprocess.py")
-        if fuse == f"{pipeline.name}_fuse":
-            models[fuse] = (fuse_config(fuse, fuse_spec(pipeline), classes, labels is not None),
-                            STEP_SOURCES / "fuse.py")
+            set_parameters(ensemble, {ROLLOUT_PARAMETER: spec.rollouts[pipeline.name].to_json()})
+        models = {pipeline.name: ensemble}
         if pipeline.dense:
             windows = {m.name: m.min_input_size for m in members}
-            maps = maps_ensemble_config(ensemble_config(pipeline, classes, labels is not None, preprocess, fuse),
+            maps = maps_ensemble_config(ensemble_config(pipeline, classes[pipeline], labels is not None),
                                         pipeline, windows)
-            models[maps.name] = (maps, None)
-        versions = {pipeline.name: answer_version(members)}  # the steps and the maps stay at 1: nothing caches them
-        for name, (config, source) in models.items():
-            files[repository / name / "config.pbtxt"] = text_format.MessageToString(config).encode()
-            files[repository / name / str(versions.get(name, 1)) / "model.py"] = source.read_bytes() if source else None
-            if label_bytes is not None and not name.endswith("_preprocess"):
-                files[repository / name / "labels.txt"] = label_bytes
+            models[maps.name] = maps
+        versions = {pipeline.name: answer_version(members)}  # the maps stay at 1: nothing caches them
+        for name, config in models.items():
+            files.update(model_files(repository, config, versions.get(name, 1), label_bytes=label_bytes))
+    if plain:
+        files.update(model_files(repository, preprocess_config(list(resolved.values()), limits),
+                                 source=STEP_SOURCES / "preprocess.py"))
+        files.update(model_files(repository, fuse_config(classes), source=STEP_SOURCES / "fuse.py"))
     for cascade in (p for p in spec.pipelines.values() if isinstance(p, Cascade)):
         files.update(cascade_files(with_resolved_stages(cascade, resolved), repository, limits,
                                    spec.rollouts.get(cascade.name), answers))
@@ -98,6 +89,17 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
     return changed
 
 
+def model_files(repository: Path, config: mc.ModelConfig, version: int = 1, source: Path | None = None,
+                label_bytes: bytes | None = None) -> dict[Path, bytes | None]:
+    """A model's config, its version folder (with the step's source, if any) and its labels."""
+    folder = repository / config.name
+    files = {folder / "config.pbtxt": text_format.MessageToString(config).encode(),
+             folder / str(version) / "model.py": source.read_bytes() if source else None}
+    if label_bytes is not None:
+        files[folder / "labels.txt"] = label_bytes
+    return files
+
+
 def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits, rollout: Rollout | None,
                   answers: dict[str, tuple[int, bytes | None]]) -> dict[Path, bytes]:
     """The cascade's model; its classes and labels go into ``answers``."""
@@ -111,12 +113,7 @@ def cascade_files(cascade: Cascade, repository: Path, limits: ImageLimits, rollo
     config = cascade_config(cascade, members[0].num_classes, labels is not None, limits)
     if rollout:
         set_parameters(config, {ROLLOUT_PARAMETER: rollout.to_json()})
-    version = str(answer_version(members))
-    files = {repository / cascade.name / "config.pbtxt": text_format.MessageToString(config).encode(),
-             repository / cascade.name / version / "model.py": (STEP_SOURCES / "cascade.py").read_bytes()}
-    if label_bytes is not None:
-        files[repository / cascade.name / "labels.txt"] = label_bytes
-    return files
+    return model_files(repository, config, answer_version(members), STEP_SOURCES / "cascade.py", label_bytes)
 
 
 def check_same_answers(name: str, rollout: Rollout, answers: dict[str, tuple[int, bytes | None]]) -> None:

@@ -1,4 +1,4 @@
-"""`make serve`: Triton on the model repository, then the gateway in front of it; Ctrl-C stops both cleanly.
+"""`make serve`: Triton on the model repository and the gateway in front of it, started together; Ctrl-C stops both.
 
     python -m server.serve [--repository model_repository] [--address 127.0.0.1] [--gateway-port 8080] ...
 
@@ -69,7 +69,13 @@ class GatewayProcess:
 
     def start(self) -> None:
         """Started once it answers /healthz; LaunchError if it exits first (its own message is on stderr)."""
+        self.spawn()
+        self.wait_started()
+
+    def spawn(self) -> None:
         self.process = subprocess.Popen(self.command, env=self.env)
+
+    def wait_started(self) -> None:
         deadline = time.monotonic() + GATEWAY_START_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -125,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
     stop = StopRequest()
+    gateway.spawn()  # its imports and start-up overlap Triton's loading; its /readyz says 503 until Triton is ready
     if not start_reporting(triton, "serve", key_file):
+        gateway.stop()
         return 1
     if stop.requested:  # Ctrl-C while Triton was loading
+        gateway.stop()
         triton.stop()
         return 130
     status = 0
     try:
-        gateway.start()
+        gateway.wait_started()
         print(f"Gateway on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
               flush=True)
         gateway_liveness = Liveness(answers(gateway.health_url)) if args.hang_after_s > 0 else None

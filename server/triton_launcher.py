@@ -70,6 +70,7 @@ from server.triton_progress import DEFAULT_STALL_AFTER_S, Progress
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
 DEFAULT_RESPONSE_CACHE_MB = 64.0  # a pipeline's answer is a few KB: tens of thousands of repeated images
+DEFAULT_LOAD_THREADS = 8  # models loaded at once: loads wait on stub processes starting more than on the cores
 SHM_PREFIX = "vgg-serve-triton"  # then "-<launching pid>-<server id>-", then the backend's own unique suffix
 
 
@@ -181,11 +182,13 @@ class TritonServer:
                  key: str | None = None, heal: bool = True,
                  report: Callable[[str], None] | None = None, binary: Path | None = None,
                  backend_dir: Path | None = None, step_timeout_s: float | None = None,
-                 response_cache_mb: float = 0.0, tracing: TraceExport | None = None) -> None:
+                 response_cache_mb: float = 0.0, tracing: TraceExport | None = None,
+                 load_threads: int = DEFAULT_LOAD_THREADS) -> None:
         """``binary`` and ``backend_dir``: an installed Triton (NVIDIA's container) instead of the wheel's;
         ``step_timeout_s``: how long a Python-backend instance may hold one request (server/step_watch.py);
         ``response_cache_mb``: Triton's response cache (off here; the CLIs turn it on, see add_server_arguments);
-        ``tracing``: Triton's OpenTelemetry mode (server/telemetry.py; off when None)."""
+        ``tracing``: Triton's OpenTelemetry mode (server/telemetry.py; off when None); ``load_threads``: models
+        loaded at once."""
         self.repository = Path(repository).resolve()
         self.binary, self.backend_dir = binary, backend_dir
         self.address, self.http_port, self.grpc_port, self.metrics_port = address, http_port, grpc_port, metrics_port
@@ -196,6 +199,7 @@ class TritonServer:
         self.step_timeout_s = step_timeout_s
         self.response_cache_mb = response_cache_mb
         self.tracing = tracing
+        self.load_threads = load_threads
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.models: list[str] | None = None  # fixed at the first start: what every later start loads
         self.healer: StubHealer | None = None
@@ -230,6 +234,7 @@ class TritonServer:
             "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
             "--model-control-mode=explicit", *(f"--load-model={name}" for name in self.models or ()),
+            f"--model-load-thread-count={self.load_threads}",
             *(restriction_flags(self.key) if self.key else ()),
             # small regions at load (a container's /dev/shm is small), grown in steps for large requests
             f"--backend-config=python,shm-default-byte-size={REGION_BYTES}",
@@ -405,6 +410,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_log: Path | No
                              f"{DEFAULT_STEP_TIMEOUT_S:g}; a model's `{TIMEOUT_PARAMETER}` parameter wins)")
     parser.add_argument("--backend-directory", type=Path, default=os.environ.get("VGG_TRITON_BACKENDS") or None,
                         help="its backends folder, e.g. /opt/tritonserver/backends (env VGG_TRITON_BACKENDS)")
+    parser.add_argument("--model-load-threads", type=int, default=DEFAULT_LOAD_THREADS,
+                        help=f"models Triton loads at once (default {DEFAULT_LOAD_THREADS}; Triton's own is 4): a "
+                             "load mostly waits on a stub process starting, so more than the cores pay off")
 
 
 def triton_probe(server: TritonServer, stall_after_s: float) -> Callable[[], bool]:
@@ -446,7 +454,7 @@ def server_from_args(args: argparse.Namespace, key: str | None,
     return TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port, args.triton_address,
                         args.log, key=key, binary=args.tritonserver, backend_dir=args.backend_directory,
                         step_timeout_s=args.step_timeout_s, response_cache_mb=args.response_cache_mb,
-                        tracing=tracing)
+                        tracing=tracing, load_threads=args.model_load_threads)
 
 
 class StopRequest:

@@ -1,4 +1,4 @@
-"""`make serve`: Triton on the model repository and the gateway in front of it, started together; Ctrl-C stops both.
+"""`make serve`: Triton on the model repository, then the gateway in front of it; Ctrl-C stops both cleanly.
 
     python -m server.serve [--repository model_repository] [--address 127.0.0.1] [--gateway-port 8080] ...
 
@@ -35,6 +35,7 @@ from server.triton_launcher import (
 )
 
 GATEWAY_START_S = 30.0
+REMEMBER_EVERY_S = 5.0  # how often what Triton serves is noted for a restart (TritonServer.remember_loaded)
 STOP_BUDGET_S = 8.0  # under Docker's default 10 s between SIGTERM and SIGKILL (Kubernetes gives 30 s)
 
 
@@ -69,13 +70,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         """Started once it answers /healthz; LaunchError if it exits first (its own message is on stderr)."""
-        self.spawn()
-        self.wait_started()
-
-    def spawn(self) -> None:
         self.process = subprocess.Popen(self.command, env=self.env)
-
-    def wait_started(self) -> None:
         deadline = time.monotonic() + GATEWAY_START_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -131,17 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
     stop = StopRequest()
-    gateway.spawn()  # its imports and start-up overlap Triton's loading; its /readyz says 503 until Triton is ready
     if not start_reporting(triton, "serve", key_file):
-        gateway.stop()
         return 1
     if stop.requested:  # Ctrl-C while Triton was loading
-        gateway.stop()
         triton.stop()
         return 130
     status = 0
     try:
-        gateway.wait_started()
+        gateway.start()
         print(f"Gateway on http://{args.address}:{args.gateway_port} (docs at /docs); Ctrl-C stops both",
               flush=True)
         gateway_liveness = Liveness(answers(gateway.health_url)) if args.hang_after_s > 0 else None
@@ -149,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                    Supervised("the gateway", gateway.start, gateway.exit_status, gateway.stop, report=triton.report,
                               stop_requested=lambda: stop.requested, liveness=gateway_liveness,
                               hang_after_s=args.hang_after_s, kill=gateway.kill)]
+        remember_at = time.monotonic() + REMEMBER_EVERY_S
         while not stop.requested:
             for service in watched:
                 service.check()
+            if time.monotonic() >= remember_at:
+                remember_at = time.monotonic() + REMEMBER_EVERY_S
+                added = triton.remember_loaded()
+                if added:
+                    triton.report(f"tritonserver: a restart now loads {', '.join(added)} too (loaded since it "
+                                  "started)")
             time.sleep(0.25)
     except (LaunchError, GaveUp) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)

@@ -7,10 +7,12 @@ assembles a backend folder holding the Python backend and the project's Python-b
 library and module paths the binary and its Python stubs need, binds loopback by default, waits until every model is
 ready, forwards SIGINT/SIGTERM and shuts Triton down cleanly.
 
-Models are under explicit control: the models present at the first start are loaded, by name, at every start, and
-nothing else is ever loaded by itself (no repository polling), so a folder that appears in the repository later,
-half-written or not, stays unloaded. The stub healer (server/stub_healer.py) reloads a model whose stub died. With an
-access key (server/triton_access.py) every API but health requires it; the CLIs always run with one.
+Models are under explicit control: the models present at the first start are loaded, by name, and a restart loads
+those and what was loaded since through the model-control API (`server.repository --apply`, noted by `serve` with
+`remember_loaded`); nothing else is ever loaded by itself (no repository polling), so a folder that appears in the
+repository later, half-written or not, stays unloaded. The stub healer (server/stub_healer.py) reloads a model whose
+stub died. With an access key (server/triton_access.py) every API but health requires it; the CLIs always run with
+one.
 
 Triton's Python backend talks to each stub through a shared-memory region in /dev/shm (16 MB here, RAM) that only a
 clean shutdown removes: a killed or crashed server leaves its regions behind, and enough of them fill /dev/shm
@@ -60,6 +62,7 @@ from server.triton_access import (
     KEY_FILE_ENV,
     AccessKeyError,
     is_loopback,
+    keyed_request,
     new_key,
     read_key,
     restriction_flags,
@@ -201,7 +204,7 @@ class TritonServer:
         self.tracing = tracing
         self.load_threads = load_threads
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.models: list[str] | None = None  # fixed at the first start: what every later start loads
+        self.models: list[str] | None = None  # what a start loads: the folders at the first, then remember_loaded
         self.healer: StubHealer | None = None
         self.process: subprocess.Popen | None = None
         self._log_file = None
@@ -258,6 +261,23 @@ class TritonServer:
     def repository_models(self) -> list[str]:
         """The model folders of the repository (each with its config.pbtxt), as they are now."""
         return sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
+
+    def remember_loaded(self) -> list[str]:
+        """Make what Triton serves now part of what a restart loads: a model loaded since through the model-control
+        API (`server.repository --apply`) comes back after a crash, one whose folder is gone no longer makes the
+        restart fail, and a folder nobody loaded stays unloaded. Returns the models added; none while Triton does
+        not answer."""
+        if self.models is None:
+            return []
+        try:
+            index = keyed_request(self.http_url, "/v2/repository/index", self.key, {"ready": True}, 2.0)
+        except OSError:
+            return []
+        ready = {model["name"] for model in index if model.get("state") == "READY"}
+        remembered = sorted((set(self.models) | ready) & set(self.repository_models()))
+        added = sorted(set(remembered) - set(self.models))
+        self.models = remembered
+        return added
 
     def shared_memory_regions(self) -> list[Path]:
         """This server's regions in /dev/shm: one per Python-backend model instance while it runs."""

@@ -16,8 +16,10 @@ import time
 
 import httpx
 import pytest
+from conftest import TESTS
 
 from bench.faults import PROJECT_ROOT, Load, ServeProcess, wait_until
+from server.repository import main as repository_main
 
 API_KEY = "fault-tests-api-key"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -118,8 +120,16 @@ def test_direct_mode_needs_and_uses_the_key(serve, sample_images):
     assert refused.value.status == 401 and refused.value.code == "unauthorized", refused.value
 
 
-def test_a_killed_triton_comes_back_and_a_new_folder_stays_unloaded(serve, load):
+def test_a_killed_triton_comes_back_with_what_it_served_and_a_new_folder_stays_unloaded(serve, load, tmp_path,
+                                                                                         sample_images):
+    """Including a pipeline added with `--apply` since the start: it comes back with the rest."""
     assert wait_until(lambda: served_since(load, 0), 60)
+    spec = tmp_path / "spec.toml"
+    added = '\n[pipelines.applied]\nmembers = ["vgg_a"]\nscales = [64]\n'
+    spec.write_text((TESTS / "pipelines.toml").read_text() + added)
+    assert repository_main(["--spec", str(spec), "--repository", str(serve.repository), "--apply",
+                            serve.triton_url, "--triton-key-file", str(serve.key_file)]) == 0
+    assert wait_until(lambda: "a restart now loads applied" in serve.output(), 30), serve.output()[-2000:]
     shutil.copytree(serve.repository / "vgg_a", serve.repository / "intruder")
     old_pid = serve.triton_pid()
     old_stubs = {s.pid for s in serve.stubs()}
@@ -140,8 +150,12 @@ def test_a_killed_triton_comes_back_and_a_new_folder_stays_unloaded(serve, load)
     assert not old_stubs & {s.pid for s in serve.stubs()}
     key = {"vgg-triton-key": serve.key_file.read_text().strip()}
     index = httpx.post(f"http://{serve.triton_url}/v2/repository/index", content=b"{}", headers=key).json()
-    assert {m["name"]: m.get("state") for m in index}["intruder"] != "READY", index
+    states = {m["name"]: m.get("state") for m in index}
+    assert states["intruder"] != "READY" and states["applied"] == "READY", index
     assert httpx.get(f"http://{serve.triton_url}/v2/models/intruder/ready").status_code != 200
+    answer = httpx.post(serve.url + "/v1/classify", params={"pipeline": "applied"}, timeout=60,
+                        headers={**HEADERS, "content-type": "image/jpeg"}, content=sample_images["china_500x333.jpg"])
+    assert answer.status_code == 200, answer.text
 
 
 def test_a_killed_gateway_comes_back_while_triton_keeps_running(serve):

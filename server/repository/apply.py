@@ -3,8 +3,8 @@ loaded again (Triton serves the old version until the new one is ready, so no re
 loaded, removed ones unloaded. The pipelines' members go first (Triton skips those that did not change, and loads a
 member's new version folder), then the steps, the pipelines that call them last.
 
-What was loaded this way is served until Triton restarts; a restarted Triton loads the models it loaded at its
-first start (server/triton_launcher.py), so a pipeline added since needs the service restarted to stay.
+Under `serve`, what was loaded this way is also what a restarted Triton loads, once `serve` has noted it (every
+few seconds: server/triton_launcher.py, `remember_loaded`); a removed pipeline stays removed.
 """
 
 from __future__ import annotations

@@ -22,11 +22,13 @@ from bench.cascade_bench import images_per_s
 from bench.common import free_port, machine, publish
 from bench.startup import processes_of, pss_mb, stub_kind
 from client.contract import CASCADE_OUTPUTS
+from server.cascade_spec import Cascade
+from server.pipeline_spec import Spec
 from server.spec_file import load_spec
 from server.triton_launcher import TritonServer
 
 
-def measure(cascade: object, spec: object, repository: Path, bodies: list[bytes], clients: list[int],
+def measure(cascade: Cascade, spec: Spec, repository: Path, bodies: list[bytes], clients: list[int],
             folder: Path) -> tuple[dict[int, float], float]:
     """(images/s per client count, PSS in MB of the cascade's stubs after the load)."""
     scratch = serve_stages(cascade, spec, repository, folder)

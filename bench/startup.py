@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime
 import io
+import json
 import os
 import re
 import shutil
@@ -225,10 +226,10 @@ def added_repository(count: int) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     repository = folder / "repository"
     shutil.copytree(ROOT / "model_repository", repository, ignore=shutil.ignore_patterns(".optimized"))
-    extra = "".join(f'\n[pipelines.added_{i}]\nmembers = {["vgg_d"] if i % 2 else ["vgg_a", "vgg_b"]}\n'
+    extra = "".join(f"\n[pipelines.added_{i}]\nmembers = {json.dumps(['vgg_d'] if i % 2 else ['vgg_a', 'vgg_b'])}\n"
                     f"scales = [{72 + 8 * i}]\n" for i in range(count))
     spec = folder / "pipelines.toml"
-    spec.write_text((ROOT / "pipelines.toml").read_text() + extra.replace("'", '"'))
+    spec.write_text((ROOT / "pipelines.toml").read_text() + extra)
     subprocess.run([sys.executable, "-m", "server.repository", "--spec", str(spec), "--repository",
                     str(repository)], cwd=ROOT, check=True, capture_output=True)
     return repository

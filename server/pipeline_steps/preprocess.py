@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})

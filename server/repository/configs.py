@@ -58,14 +58,14 @@ def preprocess_config(pipelines: list[Pipeline], limits: ImageLimits) -> mc.Mode
     pipeline asks for."""
     config = mc.ModelConfig(name=PREPROCESS_STEP, backend="python", max_batch_size=0)
     config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
-    views = {view.recipe: view for pipeline in pipelines for view in pipeline.views()}
-    for name, view in sorted(views.items()):
+    views = dict(sorted({view.recipe: view for pipeline in pipelines for view in pipeline.views()}.items()))
+    for name, view in views.items():
         side = [-1, -1] if view.kind == "dense" else [view.crop_size, view.crop_size]
         config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[-1, 3, *side])
     count = max(pipeline.preprocess_instances for pipeline in pipelines)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)
     set_parameters(config, {VIEWS_PARAMETER: json.dumps({name: dataclasses.asdict(view)
-                                                         for name, view in sorted(views.items())}),
+                                                         for name, view in views.items()}),
                              LIMITS_PARAMETER: json.dumps(dataclasses.asdict(limits))})
     return config
 

@@ -55,14 +55,12 @@ def generate(spec: Spec, repository: Path, target: str = "cpu") -> list[str]:
         label_bytes = labels.read_bytes() if labels else None
         answers[pipeline.name] = (classes[pipeline], label_bytes)
         ensemble = ensemble_config(pipeline, classes[pipeline], labels is not None)
+        models = {pipeline.name: ensemble}
+        if pipeline.dense:  # a copy of the ensemble, made before the rollout goes on it: the maps have none
+            maps = maps_ensemble_config(ensemble, pipeline, {m.name: m.min_input_size for m in members})
+            models[maps.name] = maps
         if pipeline.name in spec.rollouts:
             set_parameters(ensemble, {ROLLOUT_PARAMETER: spec.rollouts[pipeline.name].to_json()})
-        models = {pipeline.name: ensemble}
-        if pipeline.dense:
-            windows = {m.name: m.min_input_size for m in members}
-            maps = maps_ensemble_config(ensemble_config(pipeline, classes[pipeline], labels is not None),
-                                        pipeline, windows)
-            models[maps.name] = maps
         versions = {pipeline.name: answer_version(members)}  # the maps stay at 1: nothing caches them
         for name, config in models.items():
             files.update(model_files(repository, config, versions.get(name, 1), label_bytes=label_bytes))

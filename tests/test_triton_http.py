@@ -193,3 +193,35 @@ def test_the_pool_fails_over_on_unavailable_but_not_on_a_rejected_image():
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_probe_still_in_flight_when_its_endpoint_retires_reports_nothing():
+    """/readyz probes alongside the background loop: a late answer must not bring back a retired endpoint's
+    series (it would read as a pod that is down rather than gone)."""
+    from server.gateway.triton_pool import TritonPool
+
+    async def silent(reader, writer):
+        await reader.read()  # never answers: the probe runs until its timeout
+
+    async def main() -> None:
+        kept_server, kept = await serve(keep_alive(lambda path: response(200, b"{}")))
+        gone_server, gone = await serve(silent)
+        reported: list[tuple[str, bool]] = []
+        pool = TritonPool([kept, gone], probe_timeout_s=0.5,
+                          on_state=lambda ep: reported.append((ep.url, ep.healthy)))
+        pool.endpoints = [pool._endpoint(url, url) for url in pool.urls]
+        late_probe = asyncio.create_task(pool.probe(pool.endpoints[1]))
+        await asyncio.sleep(0.1)
+        pool.urls = [kept]
+        await pool.rediscover()
+        assert [ep.url for ep in pool.endpoints] == [kept]
+        assert await late_probe is False
+        assert (gone, False) not in reported
+        await pool.probe_all()
+        assert reported == [(kept, True)]
+        await pool.close()
+        for server in (kept_server, gone_server):
+            server.close()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())

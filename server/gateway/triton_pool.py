@@ -38,6 +38,7 @@ class Endpoint:
     inflight: int = 0
     failures: int = 0
     last_error: str = ""
+    retired: bool = False  # gone from DNS: a probe or call still in flight must not report it again
     on_state: Callable[[Endpoint], None] | None = field(default=None, repr=False)
 
     def mark(self, healthy: bool, reason: str = "") -> None:
@@ -48,7 +49,7 @@ class Endpoint:
         if not healthy:
             self.failures += 1
             self.last_error = reason
-        if self.on_state:
+        if self.on_state and not self.retired:
             self.on_state(self)
 
 
@@ -106,6 +107,7 @@ class TritonPool:
         for endpoint in self.endpoints:
             if endpoint.url not in keep:
                 log.info("Triton %s no longer resolves from %s; retired", endpoint.url, endpoint.source)
+                endpoint.retired = True
                 self._retired.append(endpoint)
                 if self._on_removed:
                     self._on_removed(endpoint)

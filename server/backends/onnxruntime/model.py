@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import MIN_INPUT_SIZE_PARAMETER, image_error
+from client.contract import IMAGE_TOO_SMALL, MIN_INPUT_SIZE_PARAMETER, image_error
 from server.step_watch import Marker, watched
 from vgg.runtimes import Accelerator, RuntimeConfigError, SessionSettings, open_runner
 
@@ -70,7 +70,7 @@ class TritonPythonModel:
             return None
         for name, array in feeds.items():
             if array.ndim == 4 and min(array.shape[2:]) < self.min_input_size:
-                return image_error("image_too_small", f"{self.name}: input {name} is {array.shape[3]}x"
+                return image_error(IMAGE_TOO_SMALL, f"{self.name}: input {name} is {array.shape[3]}x"
                                    f"{array.shape[2]}; the net needs at least {self.min_input_size}x"
                                    f"{self.min_input_size}")
         return None

@@ -193,15 +193,13 @@ def full_size_round(repository: Path) -> dict:
 
 
 def prepare_before(commit: str) -> tuple[Path, Path]:
-    """A worktree of ``commit`` and the repository its own generator makes from its pipelines.toml."""
+    """A worktree of ``commit`` and the repository its own generator makes from its pipelines.toml: the members
+    too, exported by that tree, since their serving options (threads, arena) are part of what is compared."""
     tree = ROOT / "build" / f"before-{commit}"
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
                        capture_output=True)
     repository = tree / "model_repository"
-    steps = ("preprocess", "fuse", "*_preprocess", "*_fuse", "*_maps")  # its generator writes its own
-    shutil.copytree(ROOT / "model_repository", repository, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".optimized", *steps))
     subprocess.run([sys.executable, "-m", "server.repository", "--spec", "pipelines.toml", "--repository",
                     str(repository)], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
                    capture_output=True)

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", type=int, default=ServingOptions.instances)
     parser.add_argument("--threads", type=int, default=ServingOptions.intra_op_threads,
                         help="onnxruntime intra-op threads per instance (0: all cores)")
+    parser.add_argument("--no-mem-arena", dest="mem_arena", action="store_false",
+                        help="return activation memory after each request instead of keeping the largest "
+                             "input's (less memory held, slower on large inputs)")
     args = parser.parse_args(argv)
     if (args.quantize or args.bf16) and args.calibration is None:
         parser.error("--quantize int8 and --bf16 need --calibration DIR")
@@ -91,7 +94,7 @@ def export(args: argparse.Namespace) -> Path:
     normalization = Normalization.preset(args.normalize, bgr=args.bgr)
     name = default_name(args.checkpoint) if args.name is None else args.name
     serving = ServingOptions(max_batch_size=args.max_batch_size, instances=args.instances,
-                             intra_op_threads=args.threads)
+                             intra_op_threads=args.threads, mem_arena=args.mem_arena)
     try:
         with StagedModel(args.repository, name, args.version) as staged:
             write_onnx(staged.onnx_path, vgg, normalization, metadata={"source": args.checkpoint.name},

@@ -31,6 +31,7 @@ class ServingOptions:
     inter_op_threads: int = 1
     intra_op_spinning: bool = False  # served models share the cores: see vgg/runtimes.py SessionSettings
     max_queue_delay_us: int = 500
+    mem_arena: bool = True  # onnxruntime keeps the activations of the largest input: faster, more memory
 
 
 def model_config(name: str, vgg: VGGConfig, normalization: Normalization, serving: ServingOptions,
@@ -48,6 +49,7 @@ def model_config(name: str, vgg: VGGConfig, normalization: Normalization, servin
         "intra_op_thread_count": str(serving.intra_op_threads),
         "inter_op_thread_count": str(serving.inter_op_threads),
         "intra_op_spinning": str(int(serving.intra_op_spinning)),
+        "enable_mem_arena": str(int(serving.mem_arena)),
         "vgg.architecture": json.dumps(vgg.to_dict()),
         "vgg.normalization": json.dumps(asdict(normalization)),
         MIN_INPUT_SIZE_PARAMETER: str(vgg.training_size),

@@ -36,6 +36,7 @@ class ModelSource:
     labels: str | None = None
     instances: int = 1
     threads: int = 1
+    mem_arena: bool = True  # false: onnxruntime returns activation memory after each request (small nets)
     variants: tuple[str, ...] = ()  # also export <name>_int8 / <name>_bf16, usable as pipeline members
     calibration: str | None = None  # images for int8 calibration and the variants' agreement check
 

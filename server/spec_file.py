@@ -81,6 +81,8 @@ def _check_source(source: ModelSource, where: str) -> None:
     unknown = [v for v in source.variants if v not in VARIANTS]
     if unknown:
         raise SpecError(f"{where}: variants {unknown} are not among {', '.join(VARIANTS)}")
+    if not isinstance(source.mem_arena, bool):
+        raise SpecError(f"{where}: mem_arena must be true or false, got {source.mem_arena!r}")
     if source.variants and not source.calibration:
         raise SpecError(f"{where}: variants need calibration = \"FOLDER\" (images like the ones served)")
 

@@ -128,6 +128,7 @@ def test_triton_model_directory_and_versions(tmp_path):
     assert list(config.input[0].dims) == [3, -1, -1] and config.input[0].name == "image"
     assert [(o.name, list(o.dims)) for o in config.output] == [("probs", [10]), ("scores", [10, -1, -1])]
     assert config.output[0].label_filename == "labels.txt" and config.HasField("dynamic_batching")
+    assert config.parameters["enable_mem_arena"].string_value == "1"  # onnxruntime's default, written out
     assert (model_dir / "labels.txt").read_text().split() == [f"c{i}" for i in range(10)]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".net-")], "staging directory left behind"
 

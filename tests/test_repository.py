@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from conftest import TESTS
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from server.pipeline_spec import SpecError
 from server.repository import generate
 from server.repository import main as repository_main
 from server.spec_file import load_spec
+from vgg.runtimes import SessionSettings
 
 
 @pytest.fixture()
@@ -118,6 +119,8 @@ BAD_SPECS = {
                 'scales = [64]\n', "models.m: variants ['int4'] are not among int8, bf16"),
     "calibration": ('[models.m]\nvariants = ["int8"]\n[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\n',
                     "models.m: variants need calibration"),
+    "arena": ('[models.m]\nmem_arena = "off"\n[pipelines.p]\nmembers = ["vgg_a"]\nscales = [64]\n',
+              "models.m: mem_arena must be true or false, got 'off'"),
 }
 
 
@@ -166,12 +169,15 @@ def test_variants_are_exported_on_demand_and_never_rewrite_a_served_model(tmp_pa
     already in the repository keep their files and version, and int8 stays on the CPU for the GPU target."""
     repository = tmp_path / "repository"
     source = ('[models.demo_a]\ncheckpoint = "models/demo/vgg_a.pt"\nlabels = "models/demo/labels.txt"\n'
-              'variants = ["int8"]\ncalibration = "models/demo/calibration"\n')
+              'variants = ["int8"]\ncalibration = "models/demo/calibration"\nmem_arena = false\n')
     generate(load_spec(spec_file(tmp_path, source + '[pipelines.q8]\nmembers = ["demo_a_int8"]\nscales = [64]\n')),
              repository)
     assert (repository / "demo_a_int8" / "1" / "model.onnx").exists() and not (repository / "demo_a").exists()
     int8_config = (repository / "demo_a_int8" / "config.pbtxt").read_text()
     assert 'string_value: "int8"' in int8_config
+    served = json_format.MessageToDict(text_format.Parse(int8_config, mc.ModelConfig()),
+                                       preserving_proto_field_name=True)
+    assert not SessionSettings.from_model_config(served, {}).mem_arena  # the spec's mem_arena reaches the session
     spec = load_spec(spec_file(tmp_path, source + '[pipelines.q8]\nmembers = ["demo_a_int8"]\nscales = [64]\n'
                                                   '[pipelines.f32]\nmembers = ["demo_a"]\nscales = [64]\n'))
     generate(spec, repository)

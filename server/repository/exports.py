@@ -38,6 +38,8 @@ def export_missing(spec: Spec, repository: Path) -> None:
     for source, missing in todo:
         command = [sys.executable, str(PROJECT_ROOT / "export" / "to_onnx.py"), str(PROJECT_ROOT / source.checkpoint),
                    "--name", source.name, "--instances", str(source.instances), "--threads", str(source.threads)]
+        if not source.mem_arena:
+            command += ["--no-mem-arena"]
         if source.labels:
             command += ["--labels", str(PROJECT_ROOT / source.labels)]
         variants = [variant for variant in missing.values() if variant]

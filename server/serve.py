@@ -107,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:  # a usage error: the key or the address asked for
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return run(args, key, key_file)
+    finally:
+        if key_file is not None:  # the key dies with this Triton: no stale secrets left behind
+            key_file.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace, key: str, key_file: Path | None) -> int:
+    """Triton, then the gateway, both supervised until Ctrl-C or SIGTERM."""
     triton_url = f"{'127.0.0.1' if args.triton_address in ('0.0.0.0', '::') else args.triton_address}:" \
                  f"{args.http_port}"
     gateway = GatewayProcess(triton_url, args.address, args.gateway_port, key)

@@ -525,6 +525,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         key, key_file = access_key(args)
+    except LaunchError as exc:
+        print(f"triton_launcher: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, key, key_file)
+    finally:
+        if key_file is not None:  # the key dies with this Triton: no stale secrets left behind
+            key_file.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace, key: str, key_file: Path | None) -> int:
+    """Triton alone, unsupervised, until it exits, hangs, or Ctrl-C."""
+    try:
         server = server_from_args(args, key)
     except LaunchError as exc:
         print(f"triton_launcher: error: {exc}", file=sys.stderr)

@@ -40,8 +40,11 @@ def test_serve_runs_triton_and_gateway_and_stops_both(triton_repository, sample_
         body = response.json()
         assert body["pipeline"] == "fusion" and len(body["predictions"]) == 3
         assert set(body["models"]) == {"vgg_a", "vgg_d", "vgg_e"}
+        key_file = tmp_path / f"triton-{ports['http']}.key"  # the run's own key, beside the log
+        assert key_file.stat().st_mode & 0o777 == 0o600
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+        assert not key_file.exists(), "the key outlived its Triton"
         for port in ports.values():
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

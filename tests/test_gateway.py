@@ -30,6 +30,7 @@ from support.gateway import (
     wait_for_metric,
 )
 
+from server.gateway.pipeline_health import canary_image
 from server.spec_file import load_spec
 
 pytest_plugins = ("support.gateway",)
@@ -103,6 +104,14 @@ def test_classify_raw_body_and_pipeline_choice(gateway, triton, sample_images):
     assert abs(sum(scores) - 1) < 1e-4
     probs = triton_probs(triton, "fusion", data)
     np.testing.assert_allclose(scores, np.sort(probs)[::-1], atol=1e-5)
+
+
+def test_every_pipeline_takes_the_canary_image(gateway):
+    """What the gateway sends a degraded pipeline to learn whether it heals must never be refused itself."""
+    for name in SPEC.pipelines:
+        response = httpx.post(gateway.url + "/v1/classify", params={"pipeline": name}, content=canary_image(),
+                              headers={"content-type": "image/png"}, timeout=TIMEOUT)
+        assert response.status_code == 200, (name, response.text)
 
 
 def test_raw_body_route_answers_exactly_like_the_multipart_route(gateway, sample_images):

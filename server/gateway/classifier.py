@@ -19,7 +19,6 @@ from server.gateway.pipeline_health import PipelineHealth, canary_image
 from server.gateway.pipelines import PipelineCatalog, ServedPipeline
 from server.gateway.request_context import add_triton_ms, note, request_id
 from server.gateway.schemas import ClassifyResponse
-from server.gateway.score_maps import infer_maps, lay_out, upright_size
 from server.gateway.tracing import NO_TRACING, NoTracing
 from server.gateway.triton_http import TritonHttpClient, TritonHttpError
 from server.gateway.triton_pool import UNHEALTHY_STEP_RETRIES, TritonPool
@@ -122,6 +121,8 @@ class Classifier:
         body = {"predictions": parse_class_dicts(result), "pipeline": pipeline.name,
                 "models": dict(pipeline.versions), "timing_ms": round(elapsed * 1000, 3)}
         if maps:
+            from server.gateway.score_maps import lay_out, upright_size  # loaded with the request that needs it
+
             classes = [p["index"] for p in body["predictions"]]
             body["maps"] = lay_out(pipeline.maps, extras, classes, upright_size(image))
         if cascade:  # which stage answered, and which ran
@@ -137,7 +138,9 @@ class Classifier:
         """(top-k, the extra outputs or the maps' tensors) from Triton, its errors as API errors, abandoned in
         the background after the timeout."""
         rid = request_id()
-        if maps:
+        if maps:  # score maps need numpy, ~12 MB the gateway does not hold until a map is asked for
+            from server.gateway.score_maps import infer_maps
+
             request = functools.partial(infer_maps, model=pipeline.maps["model"], data=image, top_k=k,
                                         outputs=[view["tensor"] for view in pipeline.maps["views"]], request_id=rid,
                                         headers=headers)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 log = logging.getLogger("server.gateway")
@@ -33,11 +32,11 @@ class Degraded:
 
 def canary_image(side: int = CANARY_SIDE) -> bytes:
     """A small PNG every pipeline accepts (a smooth gradient: decodes, rescales and classifies like a photo)."""
-    ramp = np.linspace(0, 255, side, dtype=np.float32)
-    pixels = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, ramp[::-1]) / 2,
-                       np.tile(ramp, (side, 1))], axis=-1).astype(np.uint8)
+    down = Image.linear_gradient("L").resize((side, side))  # dark at the top, light at the bottom
+    across = down.transpose(Image.Transpose.ROTATE_90)  # dark on the left
+    mirrored = across.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
+    Image.merge("RGB", (Image.blend(down, across, 0.5), Image.blend(down, mirrored, 0.5), across)).save(buffer, "PNG")
     return buffer.getvalue()
 
 

@@ -26,9 +26,9 @@ from server.triton_launcher import (
     LaunchError,
     StopRequest,
     TritonServer,
-    access_key,
     add_server_arguments,
     check_port_free,
+    run_with_key,
     server_from_args,
     start_reporting,
     triton_probe,
@@ -102,16 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gateway's bind address (default loopback; any other needs API keys)")
     parser.add_argument("--gateway-port", type=int, default=8080)
     args = parser.parse_args(argv)
-    try:
-        key, key_file = access_key(args)
-    except LaunchError as exc:  # a usage error: the key or the address asked for
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return run(args, key, key_file)
-    finally:
-        if key_file is not None:  # the key dies with this Triton: no stale secrets left behind
-            key_file.unlink(missing_ok=True)
+    return run_with_key(args, "serve", run)
 
 
 def run(args: argparse.Namespace, key: str, key_file: Path | None) -> int:

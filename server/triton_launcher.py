@@ -463,6 +463,22 @@ def access_key(args: argparse.Namespace) -> tuple[str, Path | None]:
     return key, write_key_file(folder / f"triton-{args.http_port}.key", key)
 
 
+def run_with_key(args: argparse.Namespace, program: str,
+                 run: Callable[[argparse.Namespace, str, Path | None], int]) -> int:
+    """``run(args, key, key_file)`` with the access key the flags ask for (exit status 2 when they can't have it);
+    a generated key's file lives exactly as long as the run: the key dies with its Triton."""
+    try:
+        key, key_file = access_key(args)
+    except LaunchError as exc:  # a usage error: the key or the address asked for
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, key, key_file)
+    finally:
+        if key_file is not None:
+            key_file.unlink(missing_ok=True)
+
+
 def server_from_args(args: argparse.Namespace, key: str | None,
                      environ: Mapping[str, str] | None = None) -> TritonServer:
     """The server the flags describe, tracing as ``environ``'s (default os.environ's) OTEL_* variables say;
@@ -523,16 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(f"triton_launcher: error: {exc}", file=sys.stderr)
         return 1
-    try:
-        key, key_file = access_key(args)
-    except LaunchError as exc:
-        print(f"triton_launcher: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return run(args, key, key_file)
-    finally:
-        if key_file is not None:  # the key dies with this Triton: no stale secrets left behind
-            key_file.unlink(missing_ok=True)
+    return run_with_key(args, "triton_launcher", run)
 
 
 def run(args: argparse.Namespace, key: str, key_file: Path | None) -> int:

@@ -200,21 +200,28 @@ def test_a_probe_still_in_flight_when_its_endpoint_retires_reports_nothing():
     series (it would read as a pod that is down rather than gone)."""
     from server.gateway.triton_pool import TritonPool
 
-    async def silent(reader, writer):
-        await reader.read()  # never answers: the probe runs until its timeout
-
     async def main() -> None:
+        probed, release = asyncio.Event(), asyncio.Event()
+
+        async def held(reader, writer):  # answers "not ready" only once the test lets it
+            await read_request(reader)
+            probed.set()
+            await release.wait()
+            writer.write(response(503, b'{"error": "not ready"}'))
+            await writer.drain()
+
         kept_server, kept = await serve(keep_alive(lambda path: response(200, b"{}")))
-        gone_server, gone = await serve(silent)
+        gone_server, gone = await serve(held)
         reported: list[tuple[str, bool]] = []
-        pool = TritonPool([kept, gone], probe_timeout_s=0.5,
+        pool = TritonPool([kept, gone], probe_timeout_s=60,
                           on_state=lambda ep: reported.append((ep.url, ep.healthy)))
         pool.endpoints = [pool._endpoint(url, url) for url in pool.urls]
         late_probe = asyncio.create_task(pool.probe(pool.endpoints[1]))
-        await asyncio.sleep(0.1)
+        await probed.wait()
         pool.urls = [kept]
         await pool.rediscover()
         assert [ep.url for ep in pool.endpoints] == [kept]
+        release.set()
         assert await late_probe is False
         assert (gone, False) not in reported
         await pool.probe_all()

@@ -31,6 +31,10 @@ def spec_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def parse(model: Path) -> mc.ModelConfig:
+    return text_format.Parse((model / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
 def test_second_run_changes_nothing(repository):
     spec = load_spec(TESTS / "pipelines.toml")
     before = {p: p.stat().st_mtime_ns for p in repository.rglob("*") if p.is_file()}
@@ -39,7 +43,7 @@ def test_second_run_changes_nothing(repository):
 
 
 def test_ensemble_wiring_follows_the_spec(repository):
-    config = text_format.Parse((repository / "fusion" / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = parse(repository / "fusion")
     steps = [s.model_name for s in config.ensemble_scheduling.step]
     assert steps[0] == "preprocess" and steps[-1] == "fuse"
     assert sorted(steps[1:-1]) == sorted(["vgg_a", "vgg_d", "vgg_e"] * 3)  # 3 members x 3 scales
@@ -93,10 +97,6 @@ def test_the_shared_steps_names_are_taken(tmp_path, table, name):
         load_spec(spec_file(tmp_path, text))
 
 
-def parse(model: Path) -> mc.ModelConfig:
-    return text_format.Parse((model / "config.pbtxt").read_text(), mc.ModelConfig())
-
-
 BAD_SPECS = {
     "unknown member": ('[pipelines.p]\nmembers = ["vgg_z"]\nscales = [64]\n', "model 'vgg_z' is not in"),
     "scale too small": ('[pipelines.p]\nmembers = ["vgg_a"]\nscales = [32, 64]\n',
@@ -143,7 +143,7 @@ def test_gpu_target_covers_every_shape_the_pipelines_send_and_reverts(repository
     spec = load_spec(TESTS / "pipelines.toml")
     cpu_config = (repository / "vgg_d" / "config.pbtxt").read_text()
     generate(spec, repository, target="gpu")
-    config = text_format.Parse((repository / "vgg_d" / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = parse(repository / "vgg_d")
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     (tensorrt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert tensorrt.name == "tensorrt" and tensorrt.parameters["precision_mode"] == "FP16"
